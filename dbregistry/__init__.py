@@ -1,0 +1,35 @@
+"""dbregistry: a declared set of databases becomes a validated registry of SQLAlchemy engines.
+
+>>> from dbregistry import Registry
+>>> registry = Registry.from_yaml("config/databases.yaml")   # doctest: +SKIP
+>>> engine = registry.get("replica")                          # doctest: +SKIP
+"""
+
+from .errors import (
+    CloseError,
+    ConfigError,
+    DBRegistryError,
+    Problem,
+    RegistryClosedError,
+    UnknownDatabaseError,
+)
+from .registry import Registry
+from .schema import DatabaseConfig, RegistryConfig
+from .sources import Origin
+from .yamlfile import Limits
+
+__all__ = [
+    "CloseError",
+    "ConfigError",
+    "DBRegistryError",
+    "DatabaseConfig",
+    "Limits",
+    "Origin",
+    "Problem",
+    "Registry",
+    "RegistryClosedError",
+    "RegistryConfig",
+    "UnknownDatabaseError",
+]
+
+__version__ = "0.1.0"

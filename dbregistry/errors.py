@@ -1,0 +1,168 @@
+"""The exceptions dbregistry raises, and the `Problem` records a `ConfigError` carries.
+
+The hierarchy::
+
+    DBRegistryError                      base of everything raised here
+    ├── ConfigError (ValueError)         the declaration is wrong; carries every Problem found
+    ├── UnknownDatabaseError (KeyError)  a name that was not declared
+    ├── RegistryClosedError (RuntimeError)  the registry was closed
+    └── CloseError (ExceptionGroup)      disposing some engines failed; all were attempted
+
+No message built here ever contains a password: values are described, URLs are
+rendered through SQLAlchemy's ``render_as_string(hide_password=True)``, and the
+causes of a `ConfigError` are never chained (pydantic and SQLAlchemy repeat the
+input in theirs).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CloseError",
+    "ConfigError",
+    "DBRegistryError",
+    "Problem",
+    "RegistryClosedError",
+    "UnknownDatabaseError",
+    "closest",
+]
+
+
+class DBRegistryError(Exception):
+    """Base class of every exception dbregistry raises."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a configuration.
+
+    ``path`` is the dotted field path (``databases.replica.pool_size``);
+    ``file`` and ``line`` say where the value was written (both None for a
+    value that came from the environment or from code); ``source`` is the file
+    or the environment variable that supplied the value (``"overrides"`` for
+    values passed in code).
+    """
+
+    path: str
+    message: str
+    source: str | None = None
+    file: str | None = None
+    line: int | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the value came from: ``file:line``, the variable name, or ``""``."""
+        if self.file is not None:
+            return f"{self.file}:{self.line}" if self.line is not None else self.file
+        return self.source or ""
+
+    def __str__(self) -> str:
+        where = self.location
+        head = f"{self.path}: " if self.path else ""
+        return f"{where}  {head}{self.message}" if where else f"{head}{self.message}"
+
+    def sort_key(self) -> tuple[int, str, int, str]:
+        """File problems first (by file, then line), then the others by path."""
+        if self.file is not None:
+            return (0, self.file, self.line or 0, self.path)
+        return (1, self.source or "", 0, self.path)
+
+
+class ConfigError(DBRegistryError, ValueError):
+    """The configuration is wrong; `problems` lists everything found, ordered by line.
+
+    The message has one line per problem::
+
+        3 problems in config/bad.yaml
+          config/bad.yaml:7   databases.replica.pool_sise: unknown field; did you mean 'pool_size'?
+          ...
+    """
+
+    problems: list[Problem]
+
+    def __init__(self, problems: Iterable[Problem], *, origin: str | None = None) -> None:
+        self.problems = sorted(problems, key=Problem.sort_key)
+        if not self.problems:
+            raise ValueError("ConfigError needs at least one problem")
+        self.origin = origin
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        where = f" in {self.origin}" if self.origin else ""
+        width = max(len(p.location) for p in self.problems)
+        lines = [f"{count} {noun}{where}"]
+        for p in self.problems:
+            head = f"{p.path}: " if p.path else ""
+            loc = f"{p.location:<{width}}  " if width else ""
+            lines.append(f"  {loc}{head}{p.message}".rstrip())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, tuple[list[Problem], str | None]]:
+        return (_rebuild_config_error, (self.problems, self.origin))
+
+
+def _rebuild_config_error(problems: list[Problem], origin: str | None) -> ConfigError:
+    return ConfigError(problems, origin=origin)
+
+
+class UnknownDatabaseError(DBRegistryError, KeyError):
+    """A database name that the configuration does not declare.
+
+    The message lists the declared names and suggests the closest one:
+    ``unknown database 'replcia'; did you mean 'replica'? declared: primary, replica``.
+    """
+
+    def __init__(self, name: object, declared: Sequence[str], *, message: str | None = None) -> None:
+        self.name = name
+        self.declared = tuple(declared)
+        if message is None:
+            hint = closest(str(name), self.declared)
+            did_you_mean = f"; did you mean {hint!r}?" if hint else ""
+            known = ", ".join(self.declared) if self.declared else "(none)"
+            message = f"unknown database {name!r}{did_you_mean} declared: {known}"
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        # KeyError's str() is the repr of its argument; show the sentence instead.
+        return str(self.args[0])
+
+
+class RegistryClosedError(DBRegistryError, RuntimeError):
+    """The registry was closed; it builds no new engines."""
+
+
+class CloseError(DBRegistryError, ExceptionGroup[Exception]):
+    """Disposing one or more engines failed.
+
+    Every engine was still disposed; ``exceptions`` holds each failure, and
+    ``names`` the matching ``name (mode)`` labels.
+    """
+
+    names: list[str]
+
+    def __new__(cls, failures: Sequence[tuple[str, Exception]]) -> CloseError:
+        names = [label for label, _ in failures]
+        self = super().__new__(cls, f"failed to dispose {', '.join(names)}", [exc for _, exc in failures])
+        self.names = names
+        return self
+
+    def __init__(self, failures: Sequence[tuple[str, Exception]]) -> None:
+        names = [label for label, _ in failures]
+        super().__init__(f"failed to dispose {', '.join(names)}", [exc for _, exc in failures])
+
+
+def closest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to ``word`` (case-insensitive), or None when none is close."""
+    options = list(candidates)
+    lowered = {c.lower(): c for c in options}
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[match[0]] if match else None

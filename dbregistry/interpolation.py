@@ -1,0 +1,107 @@
+"""``${VAR}`` substitution in configuration values: plain text replacement, nothing else.
+
+Forms, as in POSIX shells and docker compose:
+
+=====================  ==========================================================
+``${VAR}``             the variable; an error when it is not set
+``${VAR:-default}``    the default when the variable is unset or empty
+``${VAR-default}``     the default when the variable is unset
+``${VAR:?message}``    an error carrying ``message`` when unset or empty
+``${VAR?message}``     an error carrying ``message`` when unset
+``${file:/path}``      the file's content, one trailing newline stripped
+``$${``                a literal ``${``
+=====================  ==========================================================
+
+There is no shell, no evaluation and no recursion: a substituted value that
+itself contains ``${`` is kept as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["InterpolationError", "interpolate", "interpolate_tree"]
+
+_PATTERN = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?)(?P<arg>.*))?\Z", re.S)
+
+
+class InterpolationError(ValueError):
+    """A ``${...}`` that cannot be substituted; the message names the variable."""
+
+
+def interpolate(value: str, environ: Mapping[str, str]) -> str:
+    """Substitute every ``${...}`` in ``value`` from ``environ``."""
+    if "$" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if text == "$${":
+            return "${"
+        expression = match.group(1)
+        if expression is None:
+            raise InterpolationError("unterminated '${': close it with '}' or write '$${' for a literal '${'")
+        return _evaluate(expression, environ)
+
+    return _PATTERN.sub(replace, value)
+
+
+def _evaluate(expression: str, environ: Mapping[str, str]) -> str:
+    if expression.startswith("file:"):
+        return _read_file(expression.removeprefix("file:"))
+    match = _EXPRESSION.match(expression)
+    if match is None:
+        raise InterpolationError(
+            f"'${{{expression}}}' is not a valid substitution; "
+            "use ${VAR}, ${VAR:-default}, ${VAR:?message} or ${file:/path}"
+        )
+    name, op, arg = match.group("name", "op", "arg")
+    value = environ.get(name)
+    unset = value is None
+    empty = unset or value == ""
+    if (op == ":-" and empty) or (op == "-" and unset):
+        return str(arg)
+    if op in (":?", "?") and (empty if op == ":?" else unset):
+        state = "is not set or empty" if op == ":?" else "is not set"
+        raise InterpolationError(f"environment variable {name} {state}: {arg}")
+    if value is None:
+        raise InterpolationError(f"environment variable {name} is not set and has no default")
+    return value
+
+
+def _read_file(path: str) -> str:
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InterpolationError(f"secret file {path} (in ${{file:...}}) does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InterpolationError(f"cannot read secret file {path}: {type(e).__name__}") from None
+    return content.removesuffix("\n").removesuffix("\r")
+
+
+def interpolate_tree(
+    data: Any,
+    environ: Mapping[str, str],
+    on_error: Callable[[tuple[str | int, ...], str], None],
+    path: tuple[str | int, ...] = (),
+) -> Any:
+    """A copy of ``data`` with every string value substituted.
+
+    Each failure is passed to ``on_error(path, message)`` and the value is left
+    as None, so that every problem in a document is found in one pass.
+    """
+    if isinstance(data, str):
+        try:
+            return interpolate(data, environ)
+        except InterpolationError as e:
+            on_error(path, str(e))
+            return None
+    if isinstance(data, dict):
+        return {k: interpolate_tree(v, environ, on_error, (*path, k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate_tree(v, environ, on_error, (*path, i)) for i, v in enumerate(data)]
+    return data

@@ -1,0 +1,402 @@
+"""From sources to a validated `RegistryConfig`, with every problem found in one pass.
+
+The steps: pick the profile, substitute ``${...}`` in the file's values, merge
+the layers (`sources.collect_layers` states the precedence), apply secret
+files, validate every database with pydantic, run the cross-field `rules`, and
+validate the profiles that were not selected. Problems name the field path and
+the file and line, or the variable, their value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from sqlalchemy.engine import URL
+
+from .errors import ConfigError, Problem, closest
+from .interpolation import interpolate_tree
+from .rules import check, unknown_name_message
+from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, field_names
+from .sources import (
+    Layer,
+    Merged,
+    Origin,
+    Precedence,
+    collect_layers,
+    merge,
+    profile_layer,
+    read_env_file,
+)
+from .urls import parse_url
+from .yamlfile import PathKey, YamlDocument
+
+__all__ = ["LoadedConfig", "load_config", "select_profile"]
+
+_NAME = re.compile(NAME_PATTERN)
+_PROFILE_KEYS = ("databases", "default")
+# Values never echoed in a message: they are, or may hold, credentials.
+_SECRET_FIELDS = frozenset({"url", "direct_url", "password_file", "connect_args"})
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated configuration and where each of its values came from."""
+
+    config: RegistryConfig
+    merged: Merged
+    source: str
+    profile: str | None = None
+
+    def origin(self, path: PathKey) -> Origin:
+        return self.merged.origin(path)
+
+
+@dataclass(slots=True)
+class _Collector:
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, path: PathKey, message: str, origin: Origin) -> None:
+        self.problems.append(
+            Problem(".".join(str(p) for p in path), message, source=origin.source, file=origin.file, line=origin.line)
+        )
+
+
+def load_config(
+    *,
+    document: YamlDocument | None,
+    environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = None,
+    env_file_required: bool = True,
+    profile: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoadedConfig:
+    """Load, merge and validate; `ConfigError` with every problem otherwise."""
+    environ = os.environ if environ is None else environ
+    found = _Collector()
+    source = document.file if document is not None else "environment"
+    dotenv: dict[str, str] = {}
+    dotenv_label = ""
+    if env_file is not None:
+        dotenv_label = f" (from {os.fspath(env_file)})"
+        if Path(env_file).is_file():
+            dotenv = read_env_file(env_file)
+        elif env_file_required:
+            found.add(
+                (),
+                f"env file {os.fspath(env_file)} not found (working directory: {os.getcwd()})",
+                Origin(Precedence.DOTENV, os.fspath(env_file)),
+            )
+    variables = {**dotenv, **environ}
+    selected = None
+    if document is not None:
+        _check_profiles_section(document, found)
+        selected = select_profile(document, profile, variables, found)
+        document = _interpolated(document, selected, variables, found)
+    layers = collect_layers(
+        document=document,
+        profile=selected,
+        dotenv=dotenv,
+        dotenv_label=dotenv_label,
+        environ=environ,
+        overrides=overrides,
+    )
+    merged = merge(layers)
+    _apply_password_files(merged, found)
+    config = _validate(merged, found, document is not None)
+    if document is not None:
+        _validate_other_profiles(document, selected, variables, found)
+    if found.problems or config is None:
+        raise ConfigError(_unique(found.problems), origin=source)
+    return LoadedConfig(config=config, merged=merged, source=source, profile=selected)
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    return list(dict.fromkeys(problems))
+
+
+# -- profiles ---------------------------------------------------------------------
+
+
+def _profiles(document: YamlDocument) -> dict[str, Any]:
+    profiles = document.data.get("profiles")
+    return profiles if isinstance(profiles, dict) else {}
+
+
+def select_profile(
+    document: YamlDocument, explicit: str | None, variables: Mapping[str, str], found: _Collector
+) -> str | None:
+    """``profile=``, else ``DBREGISTRY_PROFILE``, else ``APP_ENV``.
+
+    A profile the file does not have is an error, except one that came from
+    ``APP_ENV`` when the file declares no profiles at all: that variable is
+    shared with the rest of the application and often set for other reasons.
+    """
+    profiles = _profiles(document)
+    for value, how in (
+        (explicit, "profile="),
+        (variables.get("DBREGISTRY_PROFILE"), "DBREGISTRY_PROFILE"),
+        (variables.get("APP_ENV"), "APP_ENV"),
+    ):
+        if not value:
+            continue
+        if value in profiles:
+            return value
+        if how == "APP_ENV" and not profiles:
+            return None
+        has = ", ".join(profiles) if profiles else "none"
+        hint = closest(value, profiles)
+        did_you_mean = f"did you mean {hint!r}? " if hint else ""
+        origin = Origin(Precedence.ENVIRON, how) if how != "profile=" else Origin(Precedence.OVERRIDES, how)
+        found.add(
+            ("profiles",), f"profile {value!r} (from {how}) is not in the file; {did_you_mean}profiles: {has}", origin
+        )
+        return None
+    return None
+
+
+def _check_profiles_section(document: YamlDocument, found: _Collector) -> None:
+    profiles = document.data.get("profiles")
+    if profiles is None:
+        return
+    origin = _file_origin(document)
+    if not isinstance(profiles, dict):
+        found.add(("profiles",), "must be a mapping of profile name to overlay", origin(("profiles",)))
+        return
+    for name, overlay in profiles.items():
+        path: PathKey = ("profiles", name)
+        if not isinstance(overlay, dict):
+            found.add(path, "must be a mapping with `databases:` (and optionally `default:`)", origin(path))
+            continue
+        for key in overlay:
+            if key not in _PROFILE_KEYS:
+                hint = closest(key, _PROFILE_KEYS)
+                tail = f"did you mean {hint!r}?" if hint else f"allowed: {', '.join(_PROFILE_KEYS)}"
+                found.add((*path, key), f"unknown key in a profile; {tail}", origin((*path, key)))
+
+
+def _file_origin(document: YamlDocument) -> Any:
+    def origin(path: PathKey) -> Origin:
+        if not document.from_file:
+            return Origin(Precedence.YAML, document.file)
+        return Origin(Precedence.YAML, document.file, document.file, document.line_of(path))
+
+    return origin
+
+
+def _interpolated(
+    document: YamlDocument, selected: str | None, variables: Mapping[str, str], found: _Collector | None
+) -> YamlDocument:
+    """The document with ``${...}`` substituted in its base and in the selected profile."""
+    origin = _file_origin(document)
+
+    def on_error(path: PathKey, message: str) -> None:
+        if found is not None:
+            found.add(_shown_path(path), message, origin(path))
+
+    data = {k: v for k, v in document.data.items() if k != "profiles"}
+    data = interpolate_tree(data, variables, on_error)
+    profiles = _profiles(document)
+    if profiles:
+        data["profiles"] = dict(profiles)
+        if selected is not None:
+            data["profiles"][selected] = interpolate_tree(
+                profiles[selected], variables, on_error, ("profiles", selected)
+            )
+    return replace(document, data=data)
+
+
+def _shown_path(path: PathKey) -> PathKey:
+    """A selected profile's values are reported at the path they set (``databases.x.y``)."""
+    return path[2:] if len(path) > 2 and path[0] == "profiles" else path
+
+
+def _validate_other_profiles(
+    document: YamlDocument, selected: str | None, variables: Mapping[str, str], found: _Collector
+) -> None:
+    """A typo in the production overlay is found on a developer's laptop too."""
+    for name, overlay in _profiles(document).items():
+        if name == selected or not isinstance(overlay, dict):
+            continue
+        unresolved: set[PathKey] = set()
+
+        def skip(path: PathKey, _message: str, unresolved: set[PathKey] = unresolved) -> None:
+            unresolved.add(path)  # an unset variable of another environment is not an error here
+
+        resolved = interpolate_tree(overlay, variables, skip)
+        trial = replace(document, data={**document.data, "profiles": {**_profiles(document), name: resolved}})
+        base = Layer(
+            Precedence.YAML,
+            {k: v for k, v in document.data.items() if k != "profiles"},
+            _file_origin(document),
+            interpolate=False,
+        )
+        merged = merge([base, profile_layer(trial, name, Precedence.PROFILE)])
+        local = _Collector()
+        _validate(merged, local, True)
+        for problem in local.problems:
+            path = tuple(problem.path.split("."))
+            if merged.origin(path).precedence != Precedence.PROFILE or path in unresolved:
+                continue
+            found.problems.append(replace(problem, path=f"profiles.{name}.{problem.path}"))
+
+
+# -- secret files -----------------------------------------------------------------
+
+
+def _apply_password_files(merged: Merged, found: _Collector) -> None:
+    """Put each ``password_file``'s content into its database's URL.
+
+    It beats a password written in the file's URL; a URL that came from a
+    higher source (the environment, overrides) with its own password keeps it.
+    """
+    databases = merged.data.get("databases")
+    if not isinstance(databases, dict):
+        return
+    for name, entry in databases.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("password_file"), str | os.PathLike):
+            continue
+        path: PathKey = ("databases", name, "password_file")
+        secret_path = os.fspath(entry["password_file"])
+        try:
+            password = Path(secret_path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+        except FileNotFoundError:
+            found.add(path, f"password file {secret_path} does not exist", merged.origin(path))
+            continue
+        except (OSError, UnicodeDecodeError) as e:
+            found.add(path, f"cannot read password file {secret_path}: {type(e).__name__}", merged.origin(path))
+            continue
+        raw_url = entry.get("url")
+        try:
+            url = parse_url(raw_url) if isinstance(raw_url, str) else raw_url
+        except ValueError:
+            continue  # validation reports the URL itself
+        if not isinstance(url, URL):
+            continue
+        url_origin = merged.origin(("databases", name, "url"))
+        if url.password is not None and url_origin.precedence > Precedence.SECRET_FILE:
+            continue
+        entry["url"] = url.set(password=password)
+
+
+# -- validation -------------------------------------------------------------------
+
+
+def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryConfig | None:
+    data = merged.data
+    origin = merged.origin
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            found.add((key,), _unknown_key(key, TOP_LEVEL_KEYS), origin((key,)))
+    raw = data.get("databases")
+    if raw is None:
+        how = "add a `databases:` mapping" if from_file else "set DATABASE_URL or pass a configuration file"
+        found.add(("databases",), f"no database is declared; {how}", origin(("databases",)))
+        return None
+    if not isinstance(raw, dict):
+        found.add(("databases",), "must be a mapping of database name to settings", origin(("databases",)))
+        return None
+    if not raw:
+        found.add(("databases",), "declares no database", origin(("databases",)))
+    databases: dict[str, DatabaseConfig] = {}
+    seen: dict[str, str] = {}
+    for name, entry in raw.items():
+        path: PathKey = ("databases", name)
+        if not _NAME.match(str(name)):
+            found.add(
+                path, "a database name starts with a letter and has only letters, digits, '_' and '-'", origin(path)
+            )
+        elif str(name).lower() in seen:
+            found.add(
+                path,
+                f"duplicate database name (as {seen[str(name).lower()]!r}); names are "
+                "case-insensitive because environment variables are",
+                origin(path),
+            )
+        seen.setdefault(str(name).lower(), str(name))
+        if not isinstance(entry, dict):
+            kind = "nothing" if entry is None else type(entry).__name__
+            found.add(path, f"must be a mapping of settings (url, pool_size, ...), got {kind}", origin(path))
+            continue
+        try:
+            databases[name] = DatabaseConfig.model_validate(entry)
+        except ValidationError as e:
+            for error in e.errors():
+                where = (*path, *(str(p) for p in error["loc"]))
+                found.add(where, describe(error), origin(where))
+    for name, db in databases.items():
+        for field_name, message in check(name, db, databases):
+            where = ("databases", name, field_name)
+            found.add(where, message, origin(where) if field_name in db.model_fields_set else origin(where[:2]))
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        found.add(("default",), f"must be a database name, got {type(default).__name__}", origin(("default",)))
+        default = None
+    elif isinstance(default, str) and default not in raw:
+        found.add(("default",), unknown_name_message(default, list(raw)), origin(("default",)))
+    if found.problems:
+        return None
+    if default is None:
+        default = "primary" if "primary" in databases else (next(iter(databases)) if len(databases) == 1 else None)
+    return RegistryConfig(default=default, databases=databases)
+
+
+def _unknown_key(key: str, known: tuple[str, ...] | list[str]) -> str:
+    hint = closest(key, known)
+    if hint:
+        return f"unknown field; did you mean {hint!r}?"
+    return f"unknown field; allowed: {', '.join(known)}"
+
+
+_EXPECTED = {
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "path_type": "a file path",
+}
+
+
+def describe(error: ErrorDetails) -> str:
+    """A pydantic error as a sentence; input is only shown for fields that cannot hold secrets."""
+    kind = error["type"]
+    loc = [str(p) for p in error["loc"]]
+    field_name = loc[0] if loc else ""
+    secret = field_name in _SECRET_FIELDS or field_name == "password"
+    got = "" if secret else f", got {_show(error.get('input'))}"
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return _unknown_key(loc[-1], field_names())
+    if kind == "missing":
+        return "required: every database needs a url" if field_name == "url" else "required field is missing"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        symbol = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()), "")
+        return f"must be {symbol} {bound}{got}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}{got}"
+    if kind in _EXPECTED:
+        return f"must be {_EXPECTED[kind]}{got}"
+    if kind in ("url_parsing", "url_type", "pool_class", "isolation_level"):
+        return str(error["msg"])
+    if kind.endswith("_type") and not secret:
+        return f"has the wrong type{got}"
+    return str(error["msg"]) if not secret else "is not valid"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,81 @@
+"""SQLAlchemy's pool classes by name, and which engine options each of them takes."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from sqlalchemy import pool
+
+from .errors import closest
+
+__all__ = [
+    "POOL_CLASSES",
+    "POOL_NAMES",
+    "QUEUE_OPTIONS",
+    "PoolName",
+    "accepted_options",
+    "normalize_pool_name",
+    "pool_class_for",
+    "why_not",
+]
+
+PoolName = Literal["QueuePool", "AsyncAdaptedQueuePool", "NullPool", "StaticPool", "SingletonThreadPool"]
+
+POOL_CLASSES: Final[dict[str, type[pool.Pool]]] = {
+    "QueuePool": pool.QueuePool,
+    "AsyncAdaptedQueuePool": pool.AsyncAdaptedQueuePool,
+    "NullPool": pool.NullPool,
+    "StaticPool": pool.StaticPool,
+    "SingletonThreadPool": pool.SingletonThreadPool,
+}
+
+_SHORT: Final = {"queue": "QueuePool", "null": "NullPool", "static": "StaticPool", "singleton": "SingletonThreadPool"}
+POOL_NAMES: Final[dict[str, str]] = {name.lower(): name for name in POOL_CLASSES} | _SHORT
+
+QUEUE_OPTIONS: Final = frozenset({"pool_size", "max_overflow", "pool_timeout", "pool_use_lifo"})
+
+_ACCEPTS: Final[dict[str, frozenset[str]]] = {
+    "QueuePool": QUEUE_OPTIONS,
+    "AsyncAdaptedQueuePool": QUEUE_OPTIONS,
+    "NullPool": frozenset(),
+    "StaticPool": frozenset(),
+    "SingletonThreadPool": frozenset({"pool_size"}),
+}
+
+_WHY: Final[dict[str, str]] = {
+    "NullPool": "NullPool keeps no connections",
+    "StaticPool": "StaticPool holds exactly one connection",
+    "SingletonThreadPool": "SingletonThreadPool keeps one connection per thread",
+}
+
+# A sync engine cannot use the asyncio queue and an async engine cannot use the
+# thread one; a declaration names the concept and each mode gets its own class.
+_FOR_MODE: Final[dict[tuple[str, bool], str]] = {
+    ("QueuePool", True): "AsyncAdaptedQueuePool",
+    ("AsyncAdaptedQueuePool", False): "QueuePool",
+}
+
+
+def normalize_pool_name(value: str) -> PoolName:
+    """``"queue"``, ``"nullpool"``, ``"NullPool"`` ... to SQLAlchemy's class name."""
+    name = POOL_NAMES.get(value.strip().lower())
+    if name is None:
+        hint = closest(value, list(POOL_CLASSES) + list(_SHORT))
+        did_you_mean = f"did you mean {hint!r}? " if hint else ""
+        raise ValueError(f"unknown pool class {value!r}; {did_you_mean}known: {', '.join(POOL_CLASSES)}")
+    return name  # type: ignore[return-value]
+
+
+def pool_class_for(name: str, *, is_async: bool) -> type[pool.Pool]:
+    """The pool class to hand SQLAlchemy for a declared name in one mode."""
+    return POOL_CLASSES[_FOR_MODE.get((name, is_async), name)]
+
+
+def accepted_options(name: str) -> frozenset[str]:
+    """Which of the queue options (`QUEUE_OPTIONS`) the pool class takes."""
+    return _ACCEPTS[name]
+
+
+def why_not(name: str) -> str:
+    """A short reason a pool class takes no queue options."""
+    return _WHY.get(name, f"{name} does not take it")

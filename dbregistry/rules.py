@@ -1,0 +1,125 @@
+"""The checks that need more than one field: each rule is a small named function.
+
+A rule looks at one validated database (and the others, for cross-references)
+and yields ``(field, message)`` pairs; `check` runs them all so that every
+problem is reported at once. SQLAlchemy would raise most of these late, at the
+first ``create_engine`` or the first connection; here they are found at load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from .errors import closest
+from .pools import QUEUE_OPTIONS, accepted_options, why_not
+from .schema import DatabaseConfig
+from .urls import dialect_of, is_sqlite, is_sqlite_memory
+
+__all__ = ["RULES", "Finding", "check", "effective_pool_class"]
+
+Finding = tuple[str, str]
+Rule = Callable[[str, DatabaseConfig, Mapping[str, DatabaseConfig]], Iterator[Finding]]
+RULES: list[Rule] = []
+
+
+def rule(func: Rule) -> Rule:
+    RULES.append(func)
+    return func
+
+
+def check(name: str, db: DatabaseConfig, databases: Mapping[str, DatabaseConfig]) -> list[Finding]:
+    """Every finding of every rule for one database."""
+    return [finding for r in RULES for finding in r(name, db, databases)]
+
+
+def effective_pool_class(db: DatabaseConfig) -> tuple[str, bool]:
+    """The pool class a sync engine gets, and whether it was declared (else SQLAlchemy's default)."""
+    if db.pool_class is not None:
+        return db.pool_class, True
+    return ("SingletonThreadPool" if is_sqlite_memory(db.url) else "QueuePool"), False
+
+
+@rule
+def pool_options_fit_the_pool_class(
+    name: str, db: DatabaseConfig, _: Mapping[str, DatabaseConfig]
+) -> Iterator[Finding]:
+    pool, declared = effective_pool_class(db)
+    allowed = accepted_options(pool)
+    for option in sorted(QUEUE_OPTIONS & db.model_fields_set - allowed):
+        if declared:
+            yield option, f"not allowed with pool_class {pool} ({why_not(pool)}); remove it or use QueuePool"
+        else:
+            yield (
+                option,
+                (
+                    f"not allowed with SQLite's default pool for an in-memory database ({pool}); "
+                    "remove it, or declare pool_class: StaticPool and drop the queue options"
+                ),
+            )
+
+
+@rule
+def single_connection_pools_are_for_sqlite(
+    name: str, db: DatabaseConfig, _: Mapping[str, DatabaseConfig]
+) -> Iterator[Finding]:
+    if db.pool_class in ("StaticPool", "SingletonThreadPool") and not is_sqlite(db.url):
+        yield (
+            "pool_class",
+            (
+                f"{db.pool_class} is for SQLite only: it shares connections between threads, "
+                f"which a {dialect_of(db.url)} server connection does not allow; use QueuePool, "
+                "or NullPool behind an external pooler"
+            ),
+        )
+
+
+@rule
+def memory_sqlite_needs_one_shared_connection(
+    name: str, db: DatabaseConfig, _: Mapping[str, DatabaseConfig]
+) -> Iterator[Finding]:
+    if is_sqlite_memory(db.url) and db.pool_class in ("QueuePool", "AsyncAdaptedQueuePool", "NullPool"):
+        yield (
+            "pool_class",
+            (
+                f"{db.pool_class} gives each connection its own empty in-memory database; "
+                "use pool_class: StaticPool (one shared connection) or a file database"
+            ),
+        )
+
+
+_LEVELS_BY_DIALECT = {"sqlite": ("AUTOCOMMIT", "READ UNCOMMITTED", "SERIALIZABLE")}
+
+
+@rule
+def isolation_level_fits_the_dialect(
+    name: str, db: DatabaseConfig, _: Mapping[str, DatabaseConfig]
+) -> Iterator[Finding]:
+    levels = _LEVELS_BY_DIALECT.get(dialect_of(db.url))
+    if db.isolation_level is not None and levels is not None and db.isolation_level not in levels:
+        yield "isolation_level", f"{dialect_of(db.url)} supports {', '.join(levels)}, not {db.isolation_level}"
+
+
+@rule
+def replica_of_names_another_database(
+    name: str, db: DatabaseConfig, databases: Mapping[str, DatabaseConfig]
+) -> Iterator[Finding]:
+    target = db.replica_of
+    if target is None:
+        return
+    if target == name:
+        yield "replica_of", "a database cannot be a replica of itself"
+    elif target not in databases:
+        yield "replica_of", unknown_name_message(target, list(databases))
+    else:
+        seen = [name]
+        while target is not None and target in databases and target not in seen:
+            seen.append(target)
+            target = databases[target].replica_of
+        if target == name:
+            yield "replica_of", f"replica_of forms a cycle: {' -> '.join([*seen, name])}"
+
+
+def unknown_name_message(name: str, declared: list[str]) -> str:
+    hint = closest(name, declared)
+    did_you_mean = f"; did you mean {hint!r}?" if hint else ""
+    return f"{name!r} is not a declared database{did_you_mean} declared: {', '.join(declared) or '(none)'}"

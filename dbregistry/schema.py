@@ -1,0 +1,175 @@
+"""The configuration as pydantic models: what one database and the whole registry declare.
+
+Field names are SQLAlchemy's own ``create_engine`` names; anything left unset
+keeps SQLAlchemy's default for the dialect (options are forwarded with
+``exclude_unset``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+from sqlalchemy.engine import URL
+
+from .pools import PoolName, normalize_pool_name
+from .urls import mask, parse_url
+
+__all__ = [
+    "ENGINE_OPTIONS",
+    "ISOLATION_LEVELS",
+    "NAME_PATTERN",
+    "TOP_LEVEL_KEYS",
+    "DatabaseConfig",
+    "RegistryConfig",
+    "field_names",
+]
+
+
+def _to_url(value: Any) -> URL:
+    if isinstance(value, URL):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("url_type", "must be a URL string, got {kind}", {"kind": type(value).__name__})
+    try:
+        return parse_url(value)
+    except ValueError as e:
+        raise PydanticCustomError("url_parsing", str(e)) from None
+
+
+def _to_pool_name(value: Any) -> Any:
+    if isinstance(value, type):
+        value = value.__name__
+    if isinstance(value, str):
+        try:
+            return normalize_pool_name(value)
+        except ValueError as e:
+            raise PydanticCustomError("pool_class", str(e)) from None
+    return value
+
+
+DatabaseURL = Annotated[
+    URL,
+    BeforeValidator(_to_url),
+    PlainSerializer(mask, return_type=str),
+    WithJsonSchema({"type": "string", "format": "uri", "description": "dialect[+driver]://user:password@host:port/db"}),
+]
+PoolClassName = Annotated[PoolName, BeforeValidator(_to_pool_name)]
+EchoFlag = bool | Literal["debug"]
+
+ISOLATION_LEVELS: Final = ("AUTOCOMMIT", "READ COMMITTED", "READ UNCOMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+NAME_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_-]*$"
+
+
+class DatabaseConfig(BaseModel):
+    """One declared database: its URL, its engine options and how it relates to the others."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        arbitrary_types_allowed=True,
+        populate_by_name=True,
+        hide_input_in_errors=True,
+    )
+
+    url: DatabaseURL = Field(description="dialect[+driver]://user:password@host:port/database")
+    pool_class: PoolClassName | None = Field(
+        default=None,
+        alias="poolclass",
+        description="QueuePool, NullPool, StaticPool, SingletonThreadPool, AsyncAdaptedQueuePool "
+        "(case-insensitive; also queue, null, static, singleton)",
+    )
+    pool_size: int | None = Field(default=None, ge=0)
+    max_overflow: int | None = Field(default=None, ge=-1)
+    pool_timeout: float | None = Field(default=None, gt=0)
+    pool_recycle: int | None = Field(default=None, ge=-1)
+    pool_pre_ping: bool | None = None
+    pool_use_lifo: bool | None = None
+    pool_reset_on_return: Literal["rollback", "commit", "none"] | None = None
+    echo: EchoFlag | None = None
+    echo_pool: EchoFlag | None = None
+    isolation_level: str | None = None
+    connect_args: dict[str, Any] | None = None
+    execution_options: dict[str, Any] | None = None
+    replica_of: str | None = Field(default=None, description="the database this one is a read replica of")
+    password_file: Path | None = Field(
+        default=None, description="file holding the password (a Docker or Kubernetes secret)"
+    )
+
+    @field_validator("isolation_level", mode="before")
+    @classmethod
+    def _isolation_level(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        level = " ".join(value.replace("_", " ").upper().split())
+        if level not in ISOLATION_LEVELS:
+            raise PydanticCustomError(
+                "isolation_level",
+                "must be one of {levels}, got {value!r}",
+                {"levels": ", ".join(ISOLATION_LEVELS), "value": value},
+            )
+        return level
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "connect_args" and isinstance(value, dict):
+                yield name, _mask_secrets(value)
+            elif value is not None:
+                yield name, value
+
+
+# The fields that are create_engine() keywords; the rest are the registry's own.
+ENGINE_OPTIONS: Final = frozenset(
+    {
+        "pool_size",
+        "max_overflow",
+        "pool_timeout",
+        "pool_recycle",
+        "pool_pre_ping",
+        "pool_use_lifo",
+        "pool_reset_on_return",
+        "echo",
+        "echo_pool",
+        "isolation_level",
+        "connect_args",
+        "execution_options",
+    }
+)
+
+_SECRET_WORDS: Final = ("password", "passwd", "secret", "token", "key", "sslpassword")
+
+
+def _mask_secrets(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: "***" if any(w in k.lower() for w in _SECRET_WORDS) else v for k, v in args.items()}
+
+
+class RegistryConfig(BaseModel):
+    """The validated declaration: the databases in file order and the default name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    default: str | None = Field(default=None, description="the name get() uses when given none")
+    databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
+
+
+TOP_LEVEL_KEYS: Final = ("default", "databases", "profiles")
+
+
+def field_names() -> list[str]:
+    """Every name a database entry accepts, aliases included (for did-you-mean)."""
+    names: list[str] = []
+    for name, info in DatabaseConfig.model_fields.items():
+        names.append(name)
+        if info.alias:
+            names.append(info.alias)
+    return names

@@ -1,0 +1,340 @@
+"""Where configuration values come from, and which source wins.
+
+Each source is a `Layer`: plain data plus a way to say where any of its values
+came from. Environment variables and ``.env`` files are read by
+pydantic-settings (``DBREGISTRY_`` prefix, ``__`` nesting, JSON for mappings);
+the conventional ``DATABASE_URL`` / ``<NAME>_DATABASE_URL`` variables are one
+small source of their own. `collect_layers` states the precedence, once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+from .schema import DatabaseConfig
+from .yamlfile import PathKey, YamlDocument
+
+__all__ = [
+    "ENV_PREFIX",
+    "Layer",
+    "Merged",
+    "Origin",
+    "Precedence",
+    "collect_layers",
+    "env_var_for",
+    "merge",
+    "read_env_file",
+    "url_variable",
+]
+
+ENV_PREFIX = "DBREGISTRY_"
+_NESTING = "__"
+
+
+class Precedence(IntEnum):
+    """Every source of values, lowest first; a higher one wins field by field."""
+
+    DEFAULT = 0
+    YAML = 1
+    PROFILE = 2
+    SECRET_FILE = 3
+    DOTENV = 4
+    ENVIRON = 5
+    OVERRIDES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where one value came from: a file and line, an environment variable, or code."""
+
+    precedence: Precedence
+    source: str
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        if self.file is not None:
+            return f"{self.file}:{self.line}" if self.line is not None else self.file
+        return self.source
+
+
+DEFAULT_ORIGIN = Origin(Precedence.DEFAULT, "default")
+
+
+@dataclass(slots=True)
+class Layer:
+    """The values one source supplies, and where each of them came from."""
+
+    precedence: Precedence
+    data: dict[str, Any]
+    origin_of: Callable[[PathKey], Origin]
+    name: str = ""
+    interpolate: bool = False
+
+
+@dataclass(slots=True)
+class Merged:
+    """The merged data, and for every path the layer that set it last."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    setters: dict[PathKey, Layer] = field(default_factory=dict)
+
+    def origin(self, path: PathKey) -> Origin:
+        """The origin of the value at ``path`` (or of its closest set parent)."""
+        probe = path
+        while probe:
+            layer = self.setters.get(probe)
+            if layer is not None:
+                return layer.origin_of(path)
+            probe = probe[:-1]
+        return DEFAULT_ORIGIN
+
+
+def merge(layers: list[Layer]) -> Merged:
+    """Merge layers lowest first; mappings merge key by key, anything else is replaced."""
+    merged = Merged()
+    for layer in sorted(layers, key=lambda item: item.precedence):
+        _merge_into(merged.data, layer.data, layer, (), merged.setters)
+    return merged
+
+
+def _merge_into(
+    target: dict[str, Any],
+    source: Mapping[str, Any],
+    layer: Layer,
+    path: PathKey,
+    setters: dict[PathKey, Layer],
+) -> None:
+    for key, value in source.items():
+        here = (*path, key)
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            setters.setdefault(here, layer)
+            _merge_into(target[key], value, layer, here, setters)
+            continue
+        target[key] = _copy(value)
+        for stale in [p for p in setters if p[: len(here)] == here]:
+            del setters[stale]
+        setters[here] = layer
+        _record(value, layer, here, setters)
+
+
+def _record(value: Any, layer: Layer, path: PathKey, setters: dict[PathKey, Layer]) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            setters[(*path, key)] = layer
+            _record(item, layer, (*path, key), setters)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+# -- YAML -------------------------------------------------------------------------
+
+
+def yaml_layers(document: YamlDocument, profile: str | None) -> list[Layer]:
+    """The file's base, and the selected profile's overlay when there is one."""
+    base = {k: v for k, v in document.data.items() if k != "profiles"}
+
+    def base_origin(path: PathKey) -> Origin:
+        return _document_origin(document, Precedence.YAML, path)
+
+    layers = [Layer(Precedence.YAML, base, base_origin, document.file, interpolate=True)]
+    profiles = document.data.get("profiles")
+    if profile is not None and isinstance(profiles, dict) and isinstance(profiles.get(profile), dict):
+        layers.append(profile_layer(document, profile, Precedence.PROFILE))
+    return layers
+
+
+def profile_layer(document: YamlDocument, profile: str, precedence: Precedence) -> Layer:
+    """One profile's overlay as a layer whose origins point into the profile's lines."""
+
+    def origin(path: PathKey) -> Origin:
+        return _document_origin(document, precedence, ("profiles", profile, *path))
+
+    data = document.data["profiles"][profile]
+    return Layer(precedence, data, origin, f"{document.file} (profile {profile})", interpolate=True)
+
+
+def _document_origin(document: YamlDocument, precedence: Precedence, path: PathKey) -> Origin:
+    if not document.from_file:
+        return Origin(precedence, document.file)
+    return Origin(precedence, document.file, document.file, document.line_of(path))
+
+
+# -- environment variables and .env files ------------------------------------------
+
+
+class _EnvSchema(BaseSettings):
+    """The shape pydantic-settings reads ``DBREGISTRY_*`` variables into."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=_NESTING, case_sensitive=False)
+
+    default: str | None = None
+    databases: dict[str, DatabaseConfig] = {}
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of os.environ."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_EnvSchema)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, case_sensitive=False)
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        # A value that is not JSON is kept as text, so that validation reports
+        # it against its variable instead of pydantic-settings failing the lot.
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The variables of a ``.env`` file, as pydantic-settings (python-dotenv) reads them."""
+    source = DotEnvSettingsSource(_EnvSchema, env_file=Path(path), case_sensitive=True)
+    return {k: v for k, v in source.env_vars.items() if v is not None}
+
+
+def env_var_for(path: PathKey) -> str:
+    """``("databases", "replica", "pool_size")`` -> ``DBREGISTRY_DATABASES__REPLICA__POOL_SIZE``."""
+    return ENV_PREFIX + _NESTING.join(str(p) for p in path).upper()
+
+
+def url_variable(name: str) -> str:
+    """``read-replica`` -> ``READ_REPLICA_DATABASE_URL``."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper() + "_DATABASE_URL"
+
+
+def prefixed_env_layer(environ: Mapping[str, str], precedence: Precedence, label: str, declared: list[str]) -> Layer:
+    """``DBREGISTRY_*`` variables, read by pydantic-settings.
+
+    Variable names are case-insensitive, so a database is matched to the
+    declared name of any case (``..._REPORTING__...`` sets ``Reporting``).
+    """
+    names = {k.upper(): k for k in environ if k.upper().startswith(ENV_PREFIX)}
+    data = _MappingEnvSource(environ)() if names else {}
+    databases = data.get("databases")
+    if isinstance(databases, dict):
+        casing = {name.lower(): name for name in declared}
+        data["databases"] = {casing.get(k.lower(), k): v for k, v in databases.items()}
+
+    def origin(path: PathKey) -> Origin:
+        for end in range(len(path), 0, -1):
+            variable = names.get(env_var_for(path[:end]))
+            if variable is not None:
+                return Origin(precedence, variable + label)
+        return Origin(precedence, ENV_PREFIX + "*" + label)
+
+    return Layer(precedence, data, origin, f"environment{label}")
+
+
+def url_env_layer(
+    environ: Mapping[str, str],
+    precedence: Precedence,
+    label: str,
+    declared: list[str],
+    default: str | None,
+) -> Layer:
+    """``DATABASE_URL`` for the default database, ``<NAME>_DATABASE_URL`` for declared ones.
+
+    No database is invented from ``<NAME>_DATABASE_URL``; ``DATABASE_URL``
+    alone declares ``primary`` when nothing else declares any database.
+    """
+    databases: dict[str, Any] = {}
+    variables: dict[str, str] = {}
+    for name in declared:
+        variable = url_variable(name)
+        if variable in environ and variable != "DATABASE_URL":
+            databases[name] = {"url": environ[variable]}
+            variables[name] = variable
+    target = default if default is not None else ("primary" if not declared else None)
+    if "DATABASE_URL" in environ and target is not None:
+        databases[target] = {"url": environ["DATABASE_URL"]}
+        variables[target] = "DATABASE_URL"
+    data: dict[str, Any] = {"databases": databases} if databases else {}
+    if target is not None and not declared and databases:
+        data["default"] = target
+
+    def origin(path: PathKey) -> Origin:
+        name = str(path[1]) if len(path) > 1 else (default or "")
+        return Origin(precedence, variables.get(name, "DATABASE_URL") + label)
+
+    return Layer(precedence, data, origin, f"environment{label}")
+
+
+def overrides_layer(overrides: Mapping[str, Any]) -> Layer:
+    return Layer(
+        Precedence.OVERRIDES, dict(overrides), lambda _path: Origin(Precedence.OVERRIDES, "overrides"), "overrides"
+    )
+
+
+def collect_layers(
+    *,
+    document: YamlDocument | None,
+    profile: str | None,
+    dotenv: Mapping[str, str],
+    dotenv_label: str,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any] | None,
+) -> list[Layer]:
+    """Every layer, lowest precedence first. The order, highest first, is:
+
+    1. ``overrides=`` passed in code
+    2. environment variables: ``DBREGISTRY_*``, then ``DATABASE_URL`` / ``<NAME>_DATABASE_URL``
+    3. the ``.env`` file, read the same way
+    4. secret files (``password_file``), applied after the merge (`apply_password_files`)
+    5. the YAML profile overlay
+    6. the YAML base (or the mapping given to ``from_dict``)
+    7. defaults: SQLAlchemy's own, for every option left unset
+    """
+    layers: list[Layer] = []
+    if document is not None:
+        layers += yaml_layers(document, profile)
+    if overrides:
+        layers.append(overrides_layer(overrides))
+    written, _ = _declared(layers)
+    layers.append(prefixed_env_layer(dotenv, Precedence.DOTENV, dotenv_label, written))
+    layers.append(prefixed_env_layer(environ, Precedence.ENVIRON, "", written))
+    layers.sort(key=lambda layer: layer.precedence)
+    declared, default = _declared(layers)
+    for env, precedence, label in ((dotenv, Precedence.DOTENV, dotenv_label), (environ, Precedence.ENVIRON, "")):
+        # Below the DBREGISTRY_* variables of the same tier: the specific beats the conventional.
+        layers.insert(_position(layers, precedence), url_env_layer(env, precedence, label, declared, default))
+    return layers
+
+
+def _position(layers: list[Layer], precedence: Precedence) -> int:
+    return next(i for i, layer in enumerate(layers) if layer.precedence >= precedence)
+
+
+def _declared(layers: list[Layer]) -> tuple[list[str], str | None]:
+    names: dict[str, None] = {}
+    default: str | None = None
+    for layer in layers:
+        databases = layer.data.get("databases")
+        if isinstance(databases, Mapping):
+            names.update(dict.fromkeys(str(k) for k in databases))
+        value = layer.data.get("default")
+        if isinstance(value, str):
+            default = value
+    declared = list(names)
+    if default is None:
+        default = "primary" if "primary" in names else (declared[0] if len(declared) == 1 else None)
+    return declared, default

@@ -1,0 +1,293 @@
+"""Database URLs: parsing, masking, the sync/async driver pairs, and per-driver query fixes.
+
+A URL is kept as SQLAlchemy's immutable `URL`, whose ``repr`` already masks the
+password; `mask` is the one way a URL is turned into text for people.
+Each driver quirk is a small named function registered for its driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = [
+    "DriverError",
+    "adapt_query",
+    "dialect_of",
+    "driver_of",
+    "install_hint",
+    "is_sqlite",
+    "is_sqlite_memory",
+    "mask",
+    "parse_url",
+    "resolve_driver",
+]
+
+logger = logging.getLogger("dbregistry.urls")
+
+# Providers hand out the scheme that libpq and Heroku use; SQLAlchemy dropped it in 1.4.
+_SCHEME_ALIASES: Final = {"postgres": "postgresql", "postgresql+psycopg3": "postgresql+psycopg"}
+
+
+def parse_url(text: str) -> URL:
+    """Parse a URL; `ValueError` with a message that never repeats the input."""
+    text = text.strip()
+    if not text:
+        raise ValueError("is empty; expected a URL such as postgresql://user:password@host/db")
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError, TypeError):
+        raise ValueError(
+            "is not a database URL; expected dialect[+driver]://user:password@host:port/database "
+            "(special characters in the password must be %-encoded)"
+        ) from None
+    backend, _, driver = url.drivername.partition("+")
+    backend = _SCHEME_ALIASES.get(backend, backend)
+    drivername = _SCHEME_ALIASES.get(f"{backend}+{driver}", f"{backend}+{driver}") if driver else backend
+    if drivername != url.drivername:
+        url = url.set(drivername=drivername)
+    return url
+
+
+def mask(url: URL) -> str:
+    """The URL as text with the password shown as ``***``."""
+    return url.render_as_string(hide_password=True)
+
+
+def dialect_of(url: URL) -> str:
+    """``postgresql`` for ``postgresql+asyncpg://...``."""
+    return url.get_backend_name()
+
+
+def driver_of(url: URL) -> str | None:
+    """The driver named in the URL, or None for a bare dialect."""
+    return url.drivername.partition("+")[2] or None
+
+
+def is_sqlite(url: URL) -> bool:
+    return dialect_of(url) == "sqlite"
+
+
+def is_sqlite_memory(url: URL) -> bool:
+    """An in-memory SQLite database that each new connection would get empty.
+
+    ``file::memory:?cache=shared`` (with ``uri=true``) and ``mode=memory`` URIs
+    are shared between the connections of a process, so they are not counted.
+    """
+    if not is_sqlite(url):
+        return False
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        return True
+    return database.startswith("file::memory:") and "cache=shared" not in database and "cache" not in url.query
+
+
+@dataclass(frozen=True, slots=True)
+class _Dialect:
+    sync: str
+    async_: str
+    sync_only: frozenset[str]
+    async_only: frozenset[str]
+    both: frozenset[str]
+
+
+_DIALECTS: Final[dict[str, _Dialect]] = {
+    "postgresql": _Dialect(
+        "psycopg",
+        "asyncpg",
+        frozenset({"psycopg2", "psycopg2cffi", "pg8000"}),
+        frozenset({"asyncpg"}),
+        frozenset({"psycopg"}),
+    ),
+    "sqlite": _Dialect(
+        "pysqlite", "aiosqlite", frozenset({"pysqlite", "pysqlcipher"}), frozenset({"aiosqlite"}), frozenset()
+    ),
+    "mysql": _Dialect(
+        "pymysql",
+        "aiomysql",
+        frozenset({"mysqldb", "pymysql", "mysqlconnector", "cymysql"}),
+        frozenset({"aiomysql", "asyncmy"}),
+        frozenset(),
+    ),
+    "oracle": _Dialect("oracledb", "oracledb", frozenset({"cx_oracle"}), frozenset(), frozenset({"oracledb"})),
+    "mssql": _Dialect("pyodbc", "aioodbc", frozenset({"pyodbc", "pymssql"}), frozenset({"aioodbc"}), frozenset()),
+}
+_DIALECTS["mariadb"] = _DIALECTS["mysql"]
+
+
+class DriverError(ValueError):
+    """No driver is known for the mode asked; the message names the one to declare."""
+
+
+def resolve_driver(url: URL, *, is_async: bool) -> URL:
+    """The URL with the driver for one mode.
+
+    A bare dialect gets the standard driver of its pair (postgresql: psycopg /
+    asyncpg; sqlite: pysqlite / aiosqlite); a driver of the other mode is
+    swapped for the other half of the pair; a driver that does both (psycopg 3)
+    is kept.
+    """
+    dialect, driver = dialect_of(url), driver_of(url)
+    known = _DIALECTS.get(dialect)
+    mode = "async" if is_async else "sync"
+    if known is None:
+        if driver is None and is_async:
+            raise DriverError(
+                f"no async driver is known for the dialect {dialect!r}; "
+                f"name one in the URL ({dialect}+<async driver>://...)"
+            )
+        return url
+    wanted = known.async_ if is_async else known.sync
+    if driver is None or driver in (known.sync_only if is_async else known.async_only):
+        return url.set(drivername=f"{dialect}+{wanted}")
+    if driver in known.both or driver in (known.async_only if is_async else known.sync_only):
+        return url
+    drivers = sorted((known.async_only if is_async else known.sync_only) | known.both)
+    raise DriverError(
+        f"the driver {driver!r} is not one the registry knows for {mode} use with {dialect}; "
+        f"declare one of {', '.join(drivers)} (e.g. {dialect}+{wanted}://...)"
+    )
+
+
+_EXTRAS: Final[dict[str, str]] = {
+    "asyncpg": "pip install 'dbregistry[postgres]'",
+    "psycopg": "pip install 'dbregistry[postgres]'",
+    "psycopg_binary": "pip install 'dbregistry[postgres]'",
+    "aiosqlite": "pip install 'dbregistry[sqlite-async]'",
+    "greenlet": "pip install 'dbregistry[all]' (async engines need greenlet)",
+    "psycopg2": "pip install psycopg2-binary",
+    "pymysql": "pip install PyMySQL",
+    "aiomysql": "pip install aiomysql",
+    "asyncmy": "pip install asyncmy",
+    "MySQLdb": "pip install mysqlclient",
+    "oracledb": "pip install oracledb",
+    "pyodbc": "pip install pyodbc",
+    "aioodbc": "pip install aioodbc",
+}
+
+
+def install_hint(module: str) -> str:
+    """How to install the package that provides ``module``."""
+    top = module.partition(".")[0]
+    return _EXTRAS.get(top, f"pip install {top}")
+
+
+# -- per-driver query fixes --------------------------------------------------------
+#
+# Provider URLs (Neon, Heroku, RDS, Supabase) carry libpq query parameters.
+# psycopg is libpq and takes them all; asyncpg takes a few under other names and
+# fails on the rest, so each driver that needs it gets a function here.
+
+QueryAdapter = Callable[[URL], tuple[URL, dict[str, Any]]]
+_ADAPTERS: dict[str, QueryAdapter] = {}
+
+
+def _adapter_for(*drivers: str) -> Callable[[QueryAdapter], QueryAdapter]:
+    def register(func: QueryAdapter) -> QueryAdapter:
+        for driver in drivers:
+            _ADAPTERS[driver] = func
+        return func
+
+    return register
+
+
+def adapt_query(url: URL) -> tuple[URL, dict[str, Any]]:
+    """The URL with the query its driver accepts, and the ``connect_args`` moved out of it."""
+    adapter = _ADAPTERS.get(url.drivername)
+    return adapter(url) if adapter is not None else (url, {})
+
+
+_SSLMODES: Final = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+# libpq parameters asyncpg has no use for; dropping them changes nothing it would do.
+_LIBPQ_IGNORED: Final = frozenset(
+    {
+        "channel_binding",
+        "gssencmode",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "sslcompression",
+        "sslsni",
+        "requiressl",
+        "krbsrvname",
+        "fallback_application_name",
+        "client_encoding",
+    }
+)
+
+
+@_adapter_for("postgresql+asyncpg")
+def libpq_query_to_asyncpg(url: URL) -> tuple[URL, dict[str, Any]]:
+    """libpq parameters to asyncpg's ``connect()`` keywords.
+
+    ``sslmode`` becomes ``ssl`` (with an SSL context when a root certificate or
+    client certificate is given), ``connect_timeout`` becomes ``timeout``,
+    ``application_name`` and ``options=-c k=v`` become ``server_settings``; the
+    libpq-only parameters asyncpg would reject are dropped with a debug log.
+    """
+    query = dict(url.query)
+    if not query:
+        return url, {}
+    args: dict[str, Any] = {}
+    server_settings: dict[str, str] = {}
+    sslmode = _one(query.pop("sslmode", None))
+    rootcert = _one(query.pop("sslrootcert", None))
+    cert, key = _one(query.pop("sslcert", None)), _one(query.pop("sslkey", None))
+    if sslmode is not None:
+        if sslmode not in _SSLMODES:
+            raise ValueError(f"sslmode {sslmode!r} is not one of {', '.join(sorted(_SSLMODES))}")
+        args["ssl"] = sslmode
+    if rootcert or cert:
+        args["ssl"] = _ssl_context(sslmode or "verify-full", rootcert, cert, key)
+    timeout = _one(query.pop("connect_timeout", None))
+    if timeout is not None:
+        try:
+            args["timeout"] = float(timeout)
+        except ValueError:
+            raise ValueError(f"connect_timeout must be a number of seconds, got {timeout!r}") from None
+    name = _one(query.pop("application_name", None))
+    if name:
+        server_settings["application_name"] = name
+    options = _one(query.pop("options", None))
+    if options:
+        server_settings.update(_parse_options(options))
+    for param in sorted(_LIBPQ_IGNORED & query.keys()):
+        query.pop(param)
+        logger.debug("dropped libpq parameter %r from an asyncpg URL (asyncpg has no such setting)", param)
+    if server_settings:
+        args["server_settings"] = server_settings
+    return url.set(query=query), args
+
+
+def _one(value: str | tuple[str, ...] | None) -> str | None:
+    return value[-1] if isinstance(value, tuple) else value
+
+
+def _parse_options(options: str) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    words = options.replace("-c ", "-c").split()
+    for word in words:
+        if not word.startswith("-c") or "=" not in word:
+            raise ValueError(f"options {options!r}: only '-c name=value' settings can be passed to asyncpg")
+        name, _, value = word[2:].partition("=")
+        settings[name] = value
+    return settings
+
+
+def _ssl_context(mode: str, rootcert: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=rootcert)
+    if mode != "verify-full":
+        context.check_hostname = False
+    if mode in ("require", "prefer", "allow") and rootcert is None:
+        context.verify_mode = ssl.CERT_NONE
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context

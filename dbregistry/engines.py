@@ -10,11 +10,14 @@ may repeat the URL).
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
+from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 
 from .errors import ConfigError, Problem
@@ -26,7 +29,7 @@ from .urls import DriverError, adapt_query, install_hint, is_sqlite_memory, reso
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["EngineSpec", "build_async_engine", "build_sync_engine", "engine_spec"]
+__all__ = ["EngineSpec", "build_async_engine", "build_sync_engine", "engine_spec", "loop_of"]
 
 
 @dataclass(slots=True)
@@ -98,9 +101,26 @@ def build_async_engine(name: str, db: DatabaseConfig, origin: Origin, *, url: UR
 
     spec = _spec_or_error(name, db, origin, is_async=True, url=url)
     try:
-        return create_async_engine(spec.url, **spec.kwargs)
+        engine = create_async_engine(spec.url, **spec.kwargs)
     except Exception as e:
         raise _build_error(name, origin, e) from None
+    sync_engine = engine.sync_engine
+
+    def remember_loop(dbapi_connection: Any, record: Any) -> None:
+        _LOOPS[sync_engine] = weakref.ref(asyncio.get_running_loop())
+
+    event.listen(sync_engine, "connect", remember_loop)
+    return engine
+
+
+# The event loop each async engine's connections live in: closing them must happen there.
+_LOOPS: weakref.WeakKeyDictionary[Engine, weakref.ref[asyncio.AbstractEventLoop]] = weakref.WeakKeyDictionary()
+
+
+def loop_of(engine: AsyncEngine) -> asyncio.AbstractEventLoop | None:
+    """The event loop the engine last opened a connection in, while it exists."""
+    ref = _LOOPS.get(engine.sync_engine)
+    return ref() if ref is not None else None
 
 
 def _spec_or_error(name: str, db: DatabaseConfig, origin: Origin, *, is_async: bool, url: URL | None) -> EngineSpec:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
-from .engines import build_async_engine, build_sync_engine
+from .engines import build_async_engine, build_sync_engine, loop_of
 from .errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
 from .loader import LoadedConfig, load_config
 from .schema import DatabaseConfig, RegistryConfig
@@ -29,6 +30,8 @@ __all__ = ["Registry"]
 StrPath = str | os.PathLike[str]
 
 _CONFIG_VARIABLE = "DBREGISTRY_CONFIG"
+
+logger = logging.getLogger("dbregistry")
 
 
 class Registry:
@@ -298,8 +301,11 @@ class Registry:
             )
         sync, async_ = self._detach()
         failures = _dispose_sync(sync)
-        if async_:
-            failures += asyncio.run(_dispose_async(async_))
+        for name, engine in async_:
+            try:
+                _dispose_async_from_sync(name, engine)
+            except Exception as e:
+                failures.append((f"{name} (async)", e))
         if failures:
             raise CloseError(failures)
 
@@ -354,6 +360,35 @@ def _dispose_sync(engines: list[tuple[str, Engine]]) -> list[tuple[str, Exceptio
         except Exception as e:
             failures.append((f"{name} (sync)", e))
     return failures
+
+
+# Async drivers whose connections are sockets registered with one event loop.
+_LOOP_BOUND_DRIVERS = frozenset({"asyncpg", "psycopg", "psycopg_async", "aiomysql", "asyncmy", "aioodbc"})
+
+
+def _dispose_async_from_sync(name: str, engine: AsyncEngine) -> None:
+    """Dispose an async engine from sync code, in the event loop its connections belong to."""
+    loop = loop_of(engine)
+    if loop is None or loop.is_closed():
+        bound = engine.dialect.driver in _LOOP_BOUND_DRIVERS
+        if loop is not None and bound and engine.sync_engine.pool.checkedin():  # type: ignore[attr-defined]
+            # Socket connections of an ended loop cannot be closed from any other
+            # loop (asyncpg fails with "Event loop is closed"); the pool is dropped
+            # and the sockets close when the process lets go of them. aiosqlite's
+            # connections live in threads of their own and close from a new loop.
+            logger.warning(
+                "async engine %r was used in an event loop that has ended; its pooled connections "
+                "cannot be closed from here. Close async engines inside the loop: "
+                "`await registry.aclose()` or `async with registry`",
+                name,
+            )
+            engine.sync_engine.dispose(close=False)
+            return
+        asyncio.run(engine.dispose())
+    elif loop.is_running():
+        asyncio.run_coroutine_threadsafe(engine.dispose(), loop).result()
+    else:
+        loop.run_until_complete(engine.dispose())
 
 
 async def _dispose_async(engines: list[tuple[str, AsyncEngine]]) -> list[tuple[str, Exception]]:

@@ -79,9 +79,7 @@ class ServerError(RuntimeError):
 def postgres_binaries_available() -> str | None:
     """None when PostgreSQL servers can be started here, else why not."""
     missing = [
-        name
-        for name in ("initdb", "pg_ctl", "postgres", "pg_basebackup")
-        if not os.access(PG_BINDIR / name, os.X_OK)
+        name for name in ("initdb", "pg_ctl", "postgres", "pg_basebackup") if not os.access(PG_BINDIR / name, os.X_OK)
     ]
     if missing:
         return f"PostgreSQL 15 programs missing from {PG_BINDIR}: {', '.join(missing)}"
@@ -170,8 +168,7 @@ def _run(
     )
     if check and result.returncode != 0:
         raise ServerError(
-            f"{' '.join(argv)} exited with {result.returncode}\n"
-            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            f"{' '.join(argv)} exited with {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
 
@@ -378,9 +375,7 @@ class _PostgresBase(_Closable):
         )
         return int(rows[0][0])
 
-    def wait_for_connections(
-        self, expected: int, usename: str = USER, timeout: float = 10.0
-    ) -> int:
+    def wait_for_connections(self, expected: int, usename: str = USER, timeout: float = 10.0) -> int:
         """Poll ``connections`` until it equals ``expected``; the last count seen."""
         deadline = time.monotonic() + timeout
         while True:
@@ -431,10 +426,7 @@ class _PostgresBase(_Closable):
                 log = _tail(self.log_path, log_start)
                 if "could not bind" in log or "Address already in use" in log:
                     raise _PortTakenError(log)
-                raise ServerError(
-                    f"postgres exited with {proc.returncode} while starting on port {port}; "
-                    f"log:\n{log}"
-                )
+                raise ServerError(f"postgres exited with {proc.returncode} while starting on port {port}; log:\n{log}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerError(
@@ -604,8 +596,7 @@ class ReplicaServer(_PostgresBase):
         deadline = time.monotonic() + timeout
         while True:
             rows = self.psql(
-                f"SELECT pg_last_wal_replay_lsn() >= {sql_literal(target)}::pg_lsn, "
-                "pg_last_wal_replay_lsn()"
+                f"SELECT pg_last_wal_replay_lsn() >= {sql_literal(target)}::pg_lsn, pg_last_wal_replay_lsn()"
             )
             if rows[0][0] == "t":
                 return
@@ -739,11 +730,12 @@ class PgBouncer(_Closable):
                 log = _tail(self.log_path, log_start) + "\n" + _tail(stderr_path, err_start)
                 if "Address already in use" in log:
                     raise _PortTakenError(log)
-                raise ServerError(
-                    f"pgbouncer exited with {proc.returncode} while starting on port {port}; "
-                    f"log:\n{log}"
-                )
-            if listening in _tail(self.log_path, log_start) and _accepts(HOST, port):
+                raise ServerError(f"pgbouncer exited with {proc.returncode} while starting on port {port}; log:\n{log}")
+            log = _tail(self.log_path, log_start)
+            if f"cannot listen on {HOST}:{port}" in log:
+                self.stop()
+                raise _PortTakenError(log)
+            if listening in log and _accepts(HOST, port):
                 return
             if time.monotonic() > deadline:
                 self.stop()

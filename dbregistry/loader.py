@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
@@ -40,6 +40,7 @@ from .yamlfile import PathKey, YamlDocument
 __all__ = ["LoadedConfig", "load_config", "select_profile"]
 
 _NAME = re.compile(NAME_PATTERN)
+_BOOL = TypeAdapter(bool)
 _PROFILE_KEYS = ("databases", "default")
 # Values never echoed in a message: they are, or may hold, credentials.
 _SECRET_FIELDS = frozenset({"url", "direct_url", "password_file", "connect_args"})
@@ -344,7 +345,12 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
         return None
     if default is None:
         default = "primary" if "primary" in databases else (next(iter(databases)) if len(databases) == 1 else None)
-    return RegistryConfig(default=default, databases=databases)
+    try:
+        log_pool_events = _BOOL.validate_python(data.get("log_pool_events", False))
+    except ValidationError:
+        found.add(("log_pool_events",), "must be true or false", origin(("log_pool_events",)))
+        return None
+    return RegistryConfig(default=default, databases=databases, log_pool_events=log_pool_events)
 
 
 def _unknown_key(key: str, known: tuple[str, ...] | list[str]) -> str:

@@ -105,6 +105,23 @@ class DatabaseConfig(BaseModel):
     password_file: Path | None = Field(
         default=None, description="file holding the password (a Docker or Kubernetes secret)"
     )
+    pooler: Literal["pgbouncer-transaction", "pgbouncer-session", "none"] | None = Field(
+        default=None,
+        description="the external pooler in front of the server; detected for Neon -pooler hosts when unset",
+    )
+    direct_url: DatabaseURL | None = Field(
+        default=None, description="the same database without the pooler: migrations, LISTEN/NOTIFY, advisory locks"
+    )
+    weight: int = Field(default=1, ge=1, description="a replica's share of reads among the replicas of its primary")
+    replica_max_lag_seconds: float | None = Field(
+        default=None, gt=0, description="mark a replica down while its replay lag is above this"
+    )
+    log_pool_events: bool | None = Field(
+        default=None, description="log connect, checkout, checkin, invalidate and exhaustion on dbregistry.pool"
+    )
+    max_connections: int | None = Field(
+        default=None, ge=1, description="the server's max_connections, for `dbregistry budget`"
+    )
 
     @field_validator("isolation_level", mode="before")
     @classmethod
@@ -160,9 +177,10 @@ class RegistryConfig(BaseModel):
 
     default: str | None = Field(default=None, description="the name get() uses when given none")
     databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
+    log_pool_events: bool = Field(default=False, description="pool event logging for every database")
 
 
-TOP_LEVEL_KEYS: Final = ("default", "databases", "profiles")
+TOP_LEVEL_KEYS: Final = ("default", "databases", "profiles", "log_pool_events")
 
 
 def field_names() -> list[str]:

@@ -185,6 +185,7 @@ class _EnvSchema(BaseSettings):
 
     default: str | None = None
     databases: dict[str, DatabaseConfig] = {}
+    log_pool_events: bool | None = None
 
 
 class _MappingEnvSource(EnvSettingsSource):

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
-from .errors import ConfigError, Problem, closest
+from .errors import ConfigError, Problem, closest, redact
 from .interpolation import interpolate_tree
 from .rules import check, unknown_name_message
 from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, field_names
@@ -62,11 +62,20 @@ class LoadedConfig:
 @dataclass(slots=True)
 class _Collector:
     problems: list[Problem] = field(default_factory=list)
+    # Where a problem with no origin of its own (``databases`` missing altogether) is reported.
+    fallback: Origin | None = None
+    # Paths whose ``${...}`` failed: their value is None, so validation would repeat the problem.
+    unresolved: set[str] = field(default_factory=set)
 
-    def add(self, path: PathKey, message: str, origin: Origin) -> None:
-        self.problems.append(
-            Problem(".".join(str(p) for p in path), message, source=origin.source, file=origin.file, line=origin.line)
-        )
+    def add(self, path: PathKey, message: str, origin: Origin, *, unresolved: bool = False) -> None:
+        dotted = ".".join(str(p) for p in path)
+        if dotted in self.unresolved:
+            return
+        if unresolved:
+            self.unresolved.add(dotted)
+        if origin.precedence == Precedence.DEFAULT and self.fallback is not None:
+            origin = self.fallback
+        self.problems.append(Problem(dotted, message, source=origin.source, file=origin.file, line=origin.line))
 
 
 def load_config(
@@ -80,8 +89,12 @@ def load_config(
 ) -> LoadedConfig:
     """Load, merge and validate; `ConfigError` with every problem otherwise."""
     environ = os.environ if environ is None else environ
-    found = _Collector()
     source = document.file if document is not None else "environment"
+    if document is None:
+        fallback = Origin(Precedence.ENVIRON, source)
+    else:
+        fallback = Origin(Precedence.YAML, source, source if document.from_file else None)
+    found = _Collector(fallback=fallback)
     dotenv: dict[str, str] = {}
     dotenv_label = ""
     if env_file is not None:
@@ -199,7 +212,7 @@ def _interpolated(
 
     def on_error(path: PathKey, message: str) -> None:
         if found is not None:
-            found.add(_shown_path(path), message, origin(path))
+            found.add(_shown_path(path), message, origin(path), unresolved=True)
 
     data = {k: v for k, v in document.data.items() if k != "profiles"}
     data = interpolate_tree(data, variables, on_error)
@@ -293,7 +306,8 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
     data = merged.data
     origin = merged.origin
     for key in data:
-        if key not in TOP_LEVEL_KEYS:
+        # A profile's own unknown keys are reported once, by _check_profiles_section.
+        if key not in TOP_LEVEL_KEYS and origin((key,)).precedence != Precedence.PROFILE:
             found.add((key,), _unknown_key(key, TOP_LEVEL_KEYS), origin((key,)))
     raw = data.get("databases")
     if raw is None:
@@ -325,14 +339,19 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
             kind = "nothing" if entry is None else type(entry).__name__
             found.add(path, f"must be a mapping of settings (url, pool_size, ...), got {kind}", origin(path))
             continue
+        # pydantic's lax mode reads true as 1: a flag written where a number belongs is a mistake.
+        flags = [key for key in _NUMBER_FIELDS if isinstance(entry.get(key), bool)]
+        for key in flags:
+            found.add((*path, key), f"must be {_NUMBER_FIELDS[key]}, got {entry[key]!r}", origin((*path, key)))
         try:
-            databases[name] = DatabaseConfig.model_validate(entry)
+            databases[name] = DatabaseConfig.model_validate({k: v for k, v in entry.items() if k not in flags})
         except ValidationError as e:
-            for error in e.errors():
-                where = (*path, *(str(p) for p in error["loc"]))
-                found.add(where, describe(error), origin(where))
+            for loc, message in _describe_errors(entry, e.errors()).items():
+                where = (*path, *loc)
+                found.add(where, message, origin(where))
+    declared = {name: databases.get(name) for name in raw}
     for name, db in databases.items():
-        for field_name, message in check(name, db, databases):
+        for field_name, message in check(name, db, declared):
             where = ("databases", name, field_name)
             found.add(where, message, origin(where) if field_name in db.model_fields_set else origin(where[:2]))
     default = data.get("default")
@@ -374,6 +393,51 @@ _EXPECTED = {
 }
 
 
+_NUMBER_FIELDS = {
+    "pool_size": "a whole number",
+    "max_overflow": "a whole number",
+    "pool_recycle": "a whole number",
+    "pool_timeout": "a number",
+}
+
+
+def _describe_errors(entry: dict[str, Any], errors: list[ErrorDetails]) -> dict[tuple[str, ...], str]:
+    """One message per place in the input: the members of a union that all failed are one problem."""
+    grouped: dict[tuple[str, ...], list[ErrorDetails]] = {}
+    for error in errors:
+        grouped.setdefault(_input_path(entry, error["loc"]), []).append(error)
+    return {loc: describe(group[0]) if len(group) == 1 else _describe_union(group) for loc, group in grouped.items()}
+
+
+def _input_path(entry: dict[str, Any], loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """The error's location without pydantic's own steps (``bool``, ``literal['debug']``, ``[key]``)."""
+    if not loc:
+        return ()
+    path = [str(loc[0])]
+    value: Any = entry.get(str(loc[0]))
+    for part in loc[1:]:
+        in_dict = isinstance(value, dict) and part in value
+        in_list = isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+        if in_dict or in_list:
+            value = value[part]
+            path.append(str(part))
+    return tuple(path)
+
+
+def _describe_union(errors: list[ErrorDetails]) -> str:
+    expected: list[str] = []
+    for error in errors:
+        if error["type"] in _EXPECTED:
+            expected.append(_EXPECTED[error["type"]])
+        elif error["type"] == "literal_error":
+            expected.append(str((error.get("ctx") or {}).get("expected", "")))
+        else:
+            return "; or ".join(dict.fromkeys(describe(e) for e in errors))
+    first = describe(errors[0])
+    got = first[first.rfind(", got ") :] if ", got " in first else ""
+    return f"must be {' or '.join(dict.fromkeys(expected))}{got}"
+
+
 def describe(error: ErrorDetails) -> str:
     """A pydantic error as a sentence; input is only shown for fields that cannot hold secrets."""
     kind = error["type"]
@@ -394,7 +458,11 @@ def describe(error: ErrorDetails) -> str:
         return f"must be one of {ctx.get('expected', '')}{got}"
     if kind in _EXPECTED:
         return f"must be {_EXPECTED[kind]}{got}"
-    if kind in ("url_parsing", "url_type", "pool_class", "isolation_level"):
+    if kind == "url_type" and ctx.get("kind") == "NoneType":
+        return "has no value; expected a URL such as postgresql://user:password@host/db"
+    if kind == "isolation_level":
+        return f"must be one of {ctx.get('levels', '')}, got {_show(ctx.get('value'))}"
+    if kind in ("url_parsing", "url_type", "pool_class"):
         return str(error["msg"])
     if kind.endswith("_type") and not secret:
         return f"has the wrong type{got}"
@@ -404,5 +472,5 @@ def describe(error: ErrorDetails) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, dict | list):
         return f"a {type(value).__name__}"
-    text = repr(value)
+    text = redact(repr(value))  # before cutting: a cut URL would lose the '@' that marks its password
     return text if len(text) <= 60 else text[:57] + "..."

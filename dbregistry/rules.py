@@ -18,7 +18,9 @@ from .urls import dialect_of, is_sqlite, is_sqlite_memory
 __all__ = ["RULES", "Finding", "check", "effective_pool_class"]
 
 Finding = tuple[str, str]
-Rule = Callable[[str, DatabaseConfig, Mapping[str, DatabaseConfig]], Iterator[Finding]]
+# The mapping holds every declared name; a database that failed validation maps to None.
+Declared = Mapping[str, DatabaseConfig | None]
+Rule = Callable[[str, DatabaseConfig, Declared], Iterator[Finding]]
 RULES: list[Rule] = []
 
 
@@ -27,7 +29,7 @@ def rule(func: Rule) -> Rule:
     return func
 
 
-def check(name: str, db: DatabaseConfig, databases: Mapping[str, DatabaseConfig]) -> list[Finding]:
+def check(name: str, db: DatabaseConfig, databases: Declared) -> list[Finding]:
     """Every finding of every rule for one database."""
     return [finding for r in RULES for finding in r(name, db, databases)]
 
@@ -41,7 +43,7 @@ def effective_pool_class(db: DatabaseConfig) -> tuple[str, bool]:
 
 @rule
 def pool_options_fit_the_pool_class(
-    name: str, db: DatabaseConfig, _: Mapping[str, DatabaseConfig]
+    name: str, db: DatabaseConfig, _: Declared
 ) -> Iterator[Finding]:
     pool, declared = effective_pool_class(db)
     allowed = accepted_options(pool)
@@ -60,7 +62,7 @@ def pool_options_fit_the_pool_class(
 
 @rule
 def single_connection_pools_are_for_sqlite(
-    name: str, db: DatabaseConfig, _: Mapping[str, DatabaseConfig]
+    name: str, db: DatabaseConfig, _: Declared
 ) -> Iterator[Finding]:
     if db.pool_class in ("StaticPool", "SingletonThreadPool") and not is_sqlite(db.url):
         yield (
@@ -75,7 +77,7 @@ def single_connection_pools_are_for_sqlite(
 
 @rule
 def memory_sqlite_needs_one_shared_connection(
-    name: str, db: DatabaseConfig, _: Mapping[str, DatabaseConfig]
+    name: str, db: DatabaseConfig, _: Declared
 ) -> Iterator[Finding]:
     if is_sqlite_memory(db.url) and db.pool_class in ("QueuePool", "AsyncAdaptedQueuePool", "NullPool"):
         yield (
@@ -92,7 +94,7 @@ _LEVELS_BY_DIALECT = {"sqlite": ("AUTOCOMMIT", "READ UNCOMMITTED", "SERIALIZABLE
 
 @rule
 def isolation_level_fits_the_dialect(
-    name: str, db: DatabaseConfig, _: Mapping[str, DatabaseConfig]
+    name: str, db: DatabaseConfig, _: Declared
 ) -> Iterator[Finding]:
     levels = _LEVELS_BY_DIALECT.get(dialect_of(db.url))
     if db.isolation_level is not None and levels is not None and db.isolation_level not in levels:
@@ -101,7 +103,7 @@ def isolation_level_fits_the_dialect(
 
 @rule
 def replica_of_names_another_database(
-    name: str, db: DatabaseConfig, databases: Mapping[str, DatabaseConfig]
+    name: str, db: DatabaseConfig, databases: Declared
 ) -> Iterator[Finding]:
     target = db.replica_of
     if target is None:
@@ -112,9 +114,10 @@ def replica_of_names_another_database(
         yield "replica_of", unknown_name_message(target, list(databases))
     else:
         seen = [name]
-        while target is not None and target in databases and target not in seen:
+        while target is not None and target not in seen:
             seen.append(target)
-            target = databases[target].replica_of
+            entry = databases.get(target)
+            target = entry.replica_of if entry is not None else None
         if target == name:
             yield "replica_of", f"replica_of forms a cycle: {' -> '.join([*seen, name])}"
 

@@ -107,6 +107,9 @@ def merge(layers: list[Layer]) -> Merged:
     return merged
 
 
+_FIELD_DEPTH = 3  # databases.<name>.<field>
+
+
 def _merge_into(
     target: dict[str, Any],
     source: Mapping[str, Any],
@@ -116,6 +119,11 @@ def _merge_into(
 ) -> None:
     for key, value in source.items():
         here = (*path, key)
+        if value is None and len(here) >= _FIELD_DEPTH:
+            # `pool_size: null` in an overlay unsets what a lower layer set.
+            target.pop(key, None)
+            setters[here] = layer
+            continue
         if isinstance(value, Mapping) and isinstance(target.get(key), dict):
             setters.setdefault(here, layer)
             _merge_into(target[key], value, layer, here, setters)
@@ -165,7 +173,9 @@ def profile_layer(document: YamlDocument, profile: str, precedence: Precedence) 
     def origin(path: PathKey) -> Origin:
         return _document_origin(document, precedence, ("profiles", profile, *path))
 
-    data = document.data["profiles"][profile]
+    overlay = document.data["profiles"][profile]
+    # Other keys are reported by the loader's profile check, once.
+    data = {key: overlay[key] for key in ("databases", "default") if key in overlay}
     return Layer(precedence, data, origin, f"{document.file} (profile {profile})", interpolate=True)
 
 

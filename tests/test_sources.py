@@ -1,0 +1,327 @@
+"""Environment variables, .env files, secret files, and the precedence between every source."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from dbregistry import ConfigError, Registry
+
+BASE = """\
+default: primary
+databases:
+  primary:
+    url: postgresql://app:yaml-pw@db.internal/app
+    pool_size: 5
+  replica:
+    url: postgresql://app:yaml-pw@replica.internal/app
+    replica_of: primary
+"""
+
+
+@pytest.fixture
+def base_file(tmp_path: Path) -> Path:
+    path = tmp_path / "databases.yaml"
+    path.write_text(BASE)
+    return path
+
+
+class TestDatabaseUrlConventions:
+    def test_database_url_alone_gives_primary(self) -> None:
+        registry = Registry.from_env(environ={"DATABASE_URL": "postgres://u:p@h:5432/app"}, env_file=None)
+        assert registry.names == ["primary"]
+        assert registry.default == "primary"
+        assert registry["primary"].url.drivername == "postgresql"
+        assert str(registry.origin("primary", "url")) == "DATABASE_URL"
+
+    def test_database_url_overrides_the_default_database(self, base_file: Path) -> None:
+        registry = Registry.from_yaml(base_file, environ={"DATABASE_URL": "postgresql://u@env-host/app"})
+        assert registry["primary"].url.host == "env-host"
+        assert registry["replica"].url.host == "replica.internal"
+
+    def test_database_url_follows_the_declared_default(self, base_file: Path) -> None:
+        registry = Registry.from_yaml(
+            base_file, environ={"DATABASE_URL": "postgresql://u@env-host/app", "DBREGISTRY_DEFAULT": "replica"}
+        )
+        assert registry.default == "replica"
+        assert registry["replica"].url.host == "env-host"
+        assert registry["primary"].url.host == "db.internal"
+
+    def test_name_database_url_overrides_a_declared_database(self, base_file: Path) -> None:
+        registry = Registry.from_yaml(base_file, environ={"REPLICA_DATABASE_URL": "postgresql://u@r2/app"})
+        assert registry["replica"].url.host == "r2"
+        assert str(registry.origin("replica", "url")) == "REPLICA_DATABASE_URL"
+
+    def test_name_database_url_invents_nothing(self, base_file: Path) -> None:
+        registry = Registry.from_yaml(base_file, environ={"TEST_DATABASE_URL": "postgresql://u@t/app"})
+        assert registry.names == ["primary", "replica"]
+
+    def test_dashes_in_names_become_underscores(self, tmp_path: Path) -> None:
+        registry = Registry.from_dict(
+            {"databases": {"read-replica": {"url": "sqlite://"}}},
+            environ={"READ_REPLICA_DATABASE_URL": "postgresql://u@rr/app"},
+        )
+        assert registry["read-replica"].url.host == "rr"
+
+    def test_nothing_declared_anywhere(self) -> None:
+        with pytest.raises(ConfigError, match=re.escape("databases: no database is declared; set DATABASE_URL")):
+            Registry.from_env(environ={}, env_file=None)
+
+
+class TestPrefixedVariables:
+    def test_field_of_a_declared_database(self, base_file: Path) -> None:
+        registry = Registry.from_yaml(base_file, environ={"DBREGISTRY_DATABASES__REPLICA__POOL_SIZE": "30"})
+        assert registry["replica"].pool_size == 30
+        assert str(registry.origin("replica", "pool_size")) == "DBREGISTRY_DATABASES__REPLICA__POOL_SIZE"
+
+    def test_declares_a_new_database(self, base_file: Path) -> None:
+        registry = Registry.from_yaml(
+            base_file,
+            environ={
+                "DBREGISTRY_DATABASES__REPORTING__URL": "postgresql://u@reports/app",
+                "DBREGISTRY_DATABASES__REPORTING__POOL_CLASS": "null",
+            },
+        )
+        assert registry.names == ["primary", "replica", "reporting"]
+        assert registry["reporting"].pool_class == "NullPool"
+
+    def test_names_match_declared_ones_of_any_case(self) -> None:
+        registry = Registry.from_dict(
+            {"databases": {"Reporting": {"url": "sqlite:///r.db"}}},
+            environ={"DBREGISTRY_DATABASES__REPORTING__POOL_SIZE": "4"},
+        )
+        assert registry.names == ["Reporting"]
+        assert registry["Reporting"].pool_size == 4
+
+    def test_json_for_mappings(self, base_file: Path) -> None:
+        registry = Registry.from_yaml(
+            base_file, environ={"DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS": '{"connect_timeout": 5}'}
+        )
+        assert registry["primary"].connect_args == {"connect_timeout": 5}
+
+    def test_nested_keys_of_mappings(self, base_file: Path) -> None:
+        registry = Registry.from_yaml(
+            base_file, environ={"DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS__APPLICATION_NAME": "api"}
+        )
+        assert registry["primary"].connect_args == {"application_name": "api"}
+
+    def test_bad_value_names_the_variable(self, base_file: Path) -> None:
+        with pytest.raises(ConfigError) as info:
+            Registry.from_yaml(base_file, environ={"DBREGISTRY_DATABASES__REPLICA__POOL_SIZE": "ten"})
+        (problem,) = info.value.problems
+        assert problem.path == "databases.replica.pool_size"
+        assert problem.source == "DBREGISTRY_DATABASES__REPLICA__POOL_SIZE"
+        assert problem.file is None
+        assert problem.line is None
+        assert str(info.value) == (
+            f"1 problem in {base_file}\n"
+            "  DBREGISTRY_DATABASES__REPLICA__POOL_SIZE  databases.replica.pool_size: must be a whole number, got 'ten'"
+        )
+
+    def test_bad_json_names_the_variable(self, base_file: Path) -> None:
+        with pytest.raises(ConfigError) as info:
+            Registry.from_yaml(base_file, environ={"DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS": "{not json"})
+        (problem,) = info.value.problems
+        assert problem.source == "DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS"
+        assert problem.message == "must be a mapping"
+
+    def test_default_from_the_environment(self, base_file: Path) -> None:
+        registry = Registry.from_yaml(base_file, environ={"DBREGISTRY_DEFAULT": "replica"})
+        assert registry.default == "replica"
+
+    def test_environ_empty_ignores_the_environment(self, base_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE", "99")
+        assert Registry.from_yaml(base_file, environ={})["primary"].pool_size == 5
+        assert Registry.from_yaml(base_file)["primary"].pool_size == 99
+
+    def test_every_constructor_reads_os_environ_by_default(
+        self, base_file: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE", "42")
+        monkeypatch.setenv("DBREGISTRY_CONFIG", str(base_file))
+        assert Registry.from_yaml(base_file)["primary"].pool_size == 42
+        assert Registry.from_dict({"databases": {"primary": {"url": "sqlite://"}}})["primary"].pool_size == 42
+        assert Registry.load()["primary"].pool_size == 42
+        monkeypatch.delenv("DBREGISTRY_CONFIG")
+        monkeypatch.setenv("DATABASE_URL", "sqlite:///x.db")
+        assert Registry.from_env()["primary"].pool_size == 42
+
+
+class TestDotEnv:
+    def test_env_file_is_read(self, base_file: Path, tmp_path: Path) -> None:
+        env = tmp_path / ".env"
+        env.write_text("DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE=11\nREPLICA_DATABASE_URL=postgresql://u@dotenv/app\n")
+        registry = Registry.from_yaml(base_file, environ={}, env_file=env)
+        assert registry["primary"].pool_size == 11
+        assert registry["replica"].url.host == "dotenv"
+        assert str(registry.origin("primary", "pool_size")) == f"DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE (from {env})"
+
+    def test_real_environment_beats_the_file(self, base_file: Path, tmp_path: Path) -> None:
+        env = tmp_path / ".env"
+        env.write_text("DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE=11\n")
+        registry = Registry.from_yaml(
+            base_file, environ={"DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE": "12"}, env_file=env
+        )
+        assert registry["primary"].pool_size == 12
+
+    def test_env_file_values_fill_interpolation(self, tmp_path: Path) -> None:
+        env = tmp_path / ".env"
+        env.write_text("MY_DB=sqlite:///from-dotenv.db\n")
+        registry = Registry.from_dict({"databases": {"a": {"url": "${MY_DB}"}}}, environ={}, env_file=env)
+        assert registry["a"].url.database == "from-dotenv.db"
+
+    def test_load_and_from_env_read_dot_env_when_present(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.chdir(tmp_path)
+        assert not (tmp_path / ".env").exists()
+        with pytest.raises(ConfigError):
+            Registry.from_env(environ={})
+        (tmp_path / ".env").write_text("DATABASE_URL=sqlite:///dotenv.db\n")
+        assert Registry.from_env(environ={})["primary"].url.database == "dotenv.db"
+        assert Registry.load(environ={})["primary"].url.database == "dotenv.db"
+
+    def test_explicit_missing_env_file_is_an_error(self, base_file: Path, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match=re.escape(f"env file {tmp_path / 'nope.env'} not found")):
+            Registry.from_yaml(base_file, environ={}, env_file=tmp_path / "nope.env")
+
+
+AWKWARD = "p@ss/w:rd%20#?&x"
+
+
+class TestSecretFiles:
+    def test_password_file_is_quoted_into_the_url(self, tmp_path: Path) -> None:
+        secret = tmp_path / "db_password"
+        secret.write_text(AWKWARD + "\n")
+        registry = Registry.from_dict(
+            {"databases": {"a": {"url": "postgresql://app@db/app", "password_file": str(secret)}}}, environ={}
+        )
+        url = registry["a"].url
+        assert url.password == AWKWARD
+        assert url.username == "app"
+        assert url.host == "db"
+        assert AWKWARD not in repr(registry["a"])
+        rendered = url.render_as_string(hide_password=False)
+        assert make_url(rendered).password == AWKWARD
+
+    def test_password_file_beats_the_password_in_the_file_url(self, tmp_path: Path) -> None:
+        secret = tmp_path / "pw"
+        secret.write_text("from-secret")
+        registry = Registry.from_dict(
+            {"databases": {"a": {"url": "postgresql://app:in-yaml@db/app", "password_file": str(secret)}}},
+            environ={},
+        )
+        assert registry["a"].url.password == "from-secret"
+
+    def test_password_file_from_the_environment(self, tmp_path: Path) -> None:
+        secret = tmp_path / "pw"
+        secret.write_text("from-secret")
+        registry = Registry.from_dict(
+            {"databases": {"a": {"url": "postgresql://app@db/app"}}},
+            environ={"DBREGISTRY_DATABASES__A__PASSWORD_FILE": str(secret)},
+        )
+        assert registry["a"].url.password == "from-secret"
+
+    def test_missing_password_file(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError) as info:
+            Registry.from_dict(
+                {"databases": {"a": {"url": "postgresql://app@db/app", "password_file": str(tmp_path / "none")}}},
+                environ={},
+            )
+        (problem,) = info.value.problems
+        assert problem.path == "databases.a.password_file"
+        assert problem.message == f"password file {tmp_path / 'none'} does not exist"
+
+    def test_file_substitution_is_plain_text(self, tmp_path: Path) -> None:
+        secret = tmp_path / "url"
+        secret.write_text("sqlite:///from-file.db\n")
+        registry = Registry.from_dict({"databases": {"a": {"url": f"${{file:{secret}}}"}}}, environ={})
+        assert registry["a"].url.database == "from-file.db"
+
+
+class TestPrecedence:
+    """overrides > environment > .env > secret files > profile > YAML base > defaults, one step at a time."""
+
+    YAML = """\
+databases:
+  primary:
+    url: postgresql://app:base-pw@db/app
+    pool_size: 1
+profiles:
+  production:
+    databases:
+      primary: {pool_size: 2, url: "postgresql://app:profile-pw@db/app"}
+"""
+
+    @pytest.fixture
+    def files(self, tmp_path: Path) -> tuple[Path, Path, Path]:
+        config = tmp_path / "c.yaml"
+        config.write_text(self.YAML)
+        secret = tmp_path / "pw"
+        secret.write_text("secret-pw")
+        env = tmp_path / ".env"
+        env.write_text("DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE=4\n")
+        return config, secret, env
+
+    def test_base_beats_defaults(self, files: tuple[Path, Path, Path]) -> None:
+        config, _, _ = files
+        registry = Registry.from_yaml(config, environ={})
+        assert registry["primary"].pool_size == 1
+        assert registry["primary"].max_overflow is None  # SQLAlchemy's default applies
+        assert registry.get("primary").pool._max_overflow == 10  # type: ignore[attr-defined]
+        registry.close()
+
+    def test_profile_beats_base(self, files: tuple[Path, Path, Path]) -> None:
+        config, _, _ = files
+        registry = Registry.from_yaml(config, environ={}, profile="production")
+        assert registry["primary"].pool_size == 2
+        assert registry["primary"].url.password == "profile-pw"
+        assert registry.origin("primary", "pool_size").line == 8
+
+    def test_secret_file_beats_profile(self, files: tuple[Path, Path, Path]) -> None:
+        config, secret, _ = files
+        registry = Registry.from_yaml(
+            config, environ={"DBREGISTRY_DATABASES__PRIMARY__PASSWORD_FILE": str(secret)}, profile="production"
+        )
+        assert registry["primary"].url.password == "secret-pw"
+
+    def test_dotenv_beats_secret_file(self, files: tuple[Path, Path, Path], tmp_path: Path) -> None:
+        config, secret, _ = files
+        env = tmp_path / "url.env"
+        env.write_text(
+            f"DATABASE_URL=postgresql://app:dotenv-pw@db/app\nDBREGISTRY_DATABASES__PRIMARY__PASSWORD_FILE={secret}\n"
+        )
+        registry = Registry.from_yaml(config, environ={}, env_file=env, profile="production")
+        assert registry["primary"].url.password == "dotenv-pw"
+
+    def test_environment_beats_dotenv(self, files: tuple[Path, Path, Path]) -> None:
+        config, _, env = files
+        registry = Registry.from_yaml(
+            config, environ={"DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE": "5"}, env_file=env, profile="production"
+        )
+        assert registry["primary"].pool_size == 5
+
+    def test_overrides_beat_the_environment(self, files: tuple[Path, Path, Path]) -> None:
+        config, _, env = files
+        registry = Registry.from_yaml(
+            config,
+            environ={"DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE": "5"},
+            env_file=env,
+            profile="production",
+            overrides={"databases": {"primary": {"pool_size": 6}}},
+        )
+        assert registry["primary"].pool_size == 6
+
+    def test_env_url_without_password_takes_the_secret(self, files: tuple[Path, Path, Path]) -> None:
+        config, secret, _ = files
+        registry = Registry.from_yaml(
+            config,
+            environ={
+                "DATABASE_URL": "postgresql://app@env-host/app",
+                "DBREGISTRY_DATABASES__PRIMARY__PASSWORD_FILE": str(secret),
+            },
+        )
+        assert registry["primary"].url.host == "env-host"
+        assert registry["primary"].url.password == "secret-pw"

@@ -21,10 +21,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 
 from .errors import ConfigError, Problem
+from .poolers import detect as detect_pooler
+from .poolers import driver_settings
 from .pools import pool_class_for
 from .schema import ENGINE_OPTIONS, DatabaseConfig
 from .sources import Origin
-from .urls import DriverError, adapt_query, install_hint, is_sqlite_memory, resolve_driver
+from .urls import DriverError, adapt_query, driver_of, install_hint, is_sqlite_memory, resolve_driver
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,6 +40,7 @@ class EngineSpec:
 
     url: URL
     kwargs: dict[str, Any] = field(default_factory=dict)
+    direct: bool = False
 
     @property
     def connect_args(self) -> dict[str, Any]:
@@ -55,7 +58,10 @@ def quirk(func: Quirk) -> Quirk:
 
 
 def engine_spec(db: DatabaseConfig, *, is_async: bool, url: URL | None = None) -> EngineSpec:
-    """The URL and keyword arguments for one mode; `DriverError` when no driver fits."""
+    """The URL and keyword arguments for one mode; `DriverError` when no driver fits.
+
+    ``url`` replaces the declared URL: the direct (non-pooled) URL of a database behind a pooler.
+    """
     resolved = resolve_driver(url if url is not None else db.url, is_async=is_async)
     kwargs = db.model_dump(include=set(ENGINE_OPTIONS), exclude_unset=True)
     # model_dump copies nested dicts, so the quirks below may update them freely.
@@ -63,7 +69,7 @@ def engine_spec(db: DatabaseConfig, *, is_async: bool, url: URL | None = None) -
         kwargs["poolclass"] = pool_class_for(db.pool_class, is_async=is_async)
     if kwargs.get("pool_reset_on_return") == "none":
         kwargs["pool_reset_on_return"] = None
-    spec = EngineSpec(resolved, kwargs)
+    spec = EngineSpec(resolved, kwargs, direct=url is not None)
     for adjust in QUIRKS:
         adjust(spec, db, is_async)
     if not spec.kwargs.get("connect_args"):
@@ -76,6 +82,15 @@ def libpq_query_for_the_driver(spec: EngineSpec, db: DatabaseConfig, is_async: b
     """Provider URLs carry libpq parameters; drivers that are not libpq need them translated."""
     spec.url, moved = adapt_query(spec.url)
     for key, value in moved.items():
+        spec.connect_args.setdefault(key, value)
+
+
+@quirk
+def no_prepared_statements_behind_a_transaction_pooler(spec: EngineSpec, db: DatabaseConfig, is_async: bool) -> None:
+    """A transaction-mode pooler breaks named prepared statements; see `dbregistry.poolers`."""
+    if spec.direct or not detect_pooler(db).transaction_mode:
+        return
+    for key, value in driver_settings(driver_of(spec.url) or "").items():
         spec.connect_args.setdefault(key, value)
 
 

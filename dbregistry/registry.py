@@ -11,17 +11,25 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
+from . import health as _health
+from . import lifecycle as _lifecycle
+from . import routing as _routing
 from .engines import build_async_engine, build_sync_engine, loop_of
 from .errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
 from .loader import LoadedConfig, load_config
+from .poolers import derived_direct_url
+from .poolers import detect as detect_pooler
+from .poolevents import attach_pool_logging
 from .schema import DatabaseConfig, RegistryConfig
 from .sources import Merged, Origin
 from .yamlfile import DEFAULT_LIMITS, Limits, YamlDocument, load_yaml_file
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import URL, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
     from sqlalchemy.orm import Session
 
@@ -59,8 +67,11 @@ class Registry:
         self._default = config.config.default
         self._sync: dict[str | None, Engine] = {}
         self._async: dict[str | None, AsyncEngine] = {}
+        self._sync_direct: dict[str | None, Engine] = {}
+        self._async_direct: dict[str | None, AsyncEngine] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._router = _routing.Router(self)
         _LIVE.add(self)
 
     # -- constructors -----------------------------------------------------------------
@@ -211,34 +222,72 @@ class Registry:
 
     # -- engines ------------------------------------------------------------------------
 
-    def get(self, name: str | None = None) -> Engine:
-        """The sync engine of ``name`` (the default database when None), built on first use."""
+    def get(self, name: str | None = None, *, direct: bool = False) -> Engine:
+        """The sync engine of ``name`` (the default database when None), built on first use.
+
+        ``direct=True`` gives the engine on the database's ``direct_url``, past
+        its pooler: for migrations and session-level work (LISTEN/NOTIFY,
+        advisory locks, ``SET``). A database with no pooler is direct already.
+        """
+        if direct:
+            return self._get_direct(name, self._sync_direct, self._sync, build_sync_engine)  # type: ignore[no-any-return]
         try:
             return self._sync[name]
         except KeyError:
             engine: Engine = self._build(name, self._sync, build_sync_engine)
             return engine
 
-    def get_async(self, name: str | None = None) -> AsyncEngine:
-        """The async engine of ``name`` (the default database when None), built on first use."""
+    def get_async(self, name: str | None = None, *, direct: bool = False) -> AsyncEngine:
+        """The async engine of ``name`` (the default database when None), built on first use.
+
+        ``direct=True`` as for `get`.
+        """
+        if direct:
+            return self._get_direct(name, self._async_direct, self._async, build_async_engine)  # type: ignore[no-any-return]
         try:
             return self._async[name]
         except KeyError:
             aengine: AsyncEngine = self._build(name, self._async, build_async_engine)
             return aengine
 
-    def _build(self, name: str | None, engines: dict[str | None, Any], build: Any) -> Any:
+    def _build(self, name: str | None, engines: dict[str | None, Any], build: Any, url: URL | None = None) -> Any:
         resolved = self._resolve(name)
         with self._lock:
             if self._closed:
                 raise RegistryClosedError(f"the registry is closed; cannot open {resolved!r}")
             engine = engines.get(resolved)
             if engine is None:
-                engine = build(resolved, self._databases[resolved], self.origin(resolved, "url"))
+                origin = self.origin(resolved, "direct_url" if url is not None else "url")
+                engine = build(resolved, self._databases[resolved], origin, url=url)
+                attach_pool_logging(resolved, engine, self._databases[resolved], self.config)
                 engines[resolved] = engine
             if name is None:
                 engines[None] = engine
             return engine
+
+    def _get_direct(
+        self, name: str | None, direct: dict[str | None, Any], pooled: dict[str | None, Any], build: Any
+    ) -> Any:
+        engine = direct.get(name)
+        if engine is not None:
+            return engine
+        resolved = self._resolve(name)
+        db = self._databases[resolved]
+        url = derived_direct_url(db)
+        if url is None:
+            if detect_pooler(db).transaction_mode:
+                origin = self.origin(resolved)
+                problem = Problem(
+                    f"databases.{resolved}.direct_url",
+                    "not declared: set direct_url to this database's URL without the pooler, "
+                    "for migrations and session-level work",
+                    source=origin.source,
+                    file=origin.file,
+                    line=origin.line,
+                )
+                raise ConfigError([problem], origin=origin.file or origin.source)
+            return self._build(name, pooled, build)
+        return self._build(name, direct, build, url)
 
     def _resolve(self, name: str | None) -> str:
         if name is None:
@@ -257,20 +306,102 @@ class Registry:
 
     # -- sessions -----------------------------------------------------------------------
 
-    def session(self, name: str | None = None, **kwargs: Any) -> Session:
+    def session(self, name: str | None = None, *, read_only: bool = False, **kwargs: Any) -> Session:
         """A new ORM `Session` bound to ``name``'s engine; use it as a context manager.
 
+        ``read_only=True`` binds it to `reader` (a healthy replica, else ``name``).
         Keyword arguments go to ``Session`` (``expire_on_commit``, ...).
         """
         from sqlalchemy.orm import Session  # noqa: PLC0415 - the ORM costs ~60 ms to import
 
-        return Session(bind=self.get(name), **kwargs)
+        return Session(bind=self.reader(name) if read_only else self.get(name), **kwargs)
 
-    def async_session(self, name: str | None = None, **kwargs: Any) -> AsyncSession:
-        """A new `AsyncSession` bound to ``name``'s async engine; ``async with`` it."""
+    def async_session(self, name: str | None = None, *, read_only: bool = False, **kwargs: Any) -> AsyncSession:
+        """A new `AsyncSession` bound to ``name``'s async engine (`async_reader` when ``read_only``); ``async with`` it."""
         from sqlalchemy.ext.asyncio import AsyncSession  # noqa: PLC0415
 
-        return AsyncSession(bind=self.get_async(name), **kwargs)
+        return AsyncSession(bind=self.async_reader(name) if read_only else self.get_async(name), **kwargs)
+
+    # -- read/write routing (dbregistry.routing) -------------------------------------
+
+    def reader(self, name: str | None = None) -> Engine:
+        """The sync engine for reads of ``name`` (the default database when None).
+
+        >>> with registry.reader("primary").connect() as conn:      # doctest: +SKIP
+        ...     conn.execute(text("select count(*) from orders")).scalar()
+
+        A healthy database declared ``replica_of: name``, in smooth weighted
+        round robin by ``weight``; ``name``'s own engine when none is declared or
+        none is healthy (logged once per change). A name without replicas of its
+        own, such as a replica, is its own reader. No I/O and no lock: health is
+        tracked from the errors of the replicas' own connections and from probes
+        (see `configure_routing`).
+        """
+        return self._router.reader(name)
+
+    def async_reader(self, name: str | None = None) -> AsyncEngine:
+        """The async engine for reads of ``name``; as `reader`.
+
+        >>> async with registry.async_reader("primary").connect() as conn:   # doctest: +SKIP
+        ...     await conn.execute(text("select 1"))
+        """
+        return self._router.async_reader(name)
+
+    def writer(self, name: str | None = None) -> Engine:
+        """The sync engine for writes of ``name``: ``name`` itself, or for a replica the database it replicates.
+
+        >>> registry.writer("replica") is registry.get("primary")   # doctest: +SKIP
+        True
+        """
+        return self._router.writer(name)
+
+    def async_writer(self, name: str | None = None) -> AsyncEngine:
+        """The async engine for writes of ``name``; as `writer`.
+
+        >>> registry.async_writer() is registry.get_async()          # doctest: +SKIP
+        True
+        """
+        return self._router.async_writer(name)
+
+    def configure_routing(
+        self, *, backoff: float | None = None, lag_check_interval: float | _routing.Unset | None = _routing.UNSET
+    ) -> None:
+        """Set how long a down replica is skipped before it is probed again (``backoff``, seconds, default 30)
+        and how often replicas declaring ``replica_max_lag_seconds`` have their lag checked
+        (``lag_check_interval``, default 5; None: only by `check_replicas`).
+
+        >>> registry.configure_routing(backoff=10, lag_check_interval=2)   # doctest: +SKIP
+
+        Waits already running are shortened to the new values, never lengthened.
+        """
+        self._router.configure(backoff=backoff, lag_check_interval=lag_check_interval)
+
+    def check_replicas(self, name: str | None = None) -> dict[str, _routing.ReplicaStatus]:
+        """Probe every replica (of ``name``, else of every database) now, with the sync engines; update routing.
+
+        >>> {n: s.up for n, s in registry.check_replicas().items()}   # doctest: +SKIP
+        {'replica_a': True, 'replica_b': False}
+
+        Each probe connects and runs one query (the replay lag on PostgreSQL); a
+        replica that fails is marked down, one that succeeds within its
+        ``replica_max_lag_seconds`` is marked up at once, back-off or not.
+        """
+        return self._router.check(name)
+
+    async def acheck_replicas(self, name: str | None = None) -> dict[str, _routing.ReplicaStatus]:
+        """`check_replicas` with the async engines.
+
+        >>> statuses = await registry.acheck_replicas("primary")      # doctest: +SKIP
+        """
+        return await self._router.acheck(name)
+
+    def replica_status(self, name: str | None = None) -> dict[str, _routing.ReplicaStatus]:
+        """What routing believes of every replica (of ``name``, else all), without any I/O.
+
+        >>> registry.replica_status()["replica_b"].reason            # doctest: +SKIP
+        "OperationalError: connection failed: ... Connection refused"
+        """
+        return self._router.status(name)
 
     # -- closing ------------------------------------------------------------------------
 
@@ -281,10 +412,9 @@ class Registry:
     def _detach(self) -> tuple[list[tuple[str, Engine]], list[tuple[str, AsyncEngine]]]:
         with self._lock:
             self._closed = True
-            sync = _unique_engines(self._sync)
-            async_ = _unique_engines(self._async)
-            self._sync = {}
-            self._async = {}
+            sync = _unique_engines(self._sync) + _unique_engines(self._sync_direct)
+            async_ = _unique_engines(self._async) + _unique_engines(self._async_direct)
+            self._sync, self._async, self._sync_direct, self._async_direct = {}, {}, {}, {}
         return sync, async_
 
     def close(self) -> None:
@@ -299,6 +429,7 @@ class Registry:
             raise RuntimeError(
                 "close() cannot wait for async engines inside a running event loop; use `await registry.aclose()`"
             )
+        self._router.close()
         sync, async_ = self._detach()
         failures = _dispose_sync(sync)
         for name, engine in async_:
@@ -311,6 +442,7 @@ class Registry:
 
     async def aclose(self) -> None:
         """Dispose every engine built, awaiting the async ones; idempotent."""
+        await self._router.aclose()
         sync, async_ = self._detach()
         failures = await _dispose_async(async_)
         failures += _dispose_sync(sync)
@@ -334,10 +466,68 @@ class Registry:
     def _after_fork_in_child(self) -> None:
         # SQLAlchemy's documented recipe: the child drops the parent's pooled
         # connections without closing them (closing would end the parent's sessions).
-        for _, engine in _unique_engines(self._sync):
+        for _, engine in _unique_engines(self._sync) + _unique_engines(self._sync_direct):
             engine.dispose(close=False)
-        for _, aengine in _unique_engines(self._async):
+        for _, aengine in _unique_engines(self._async) + _unique_engines(self._async_direct):
             aengine.sync_engine.dispose(close=False)
+
+    # -- operating: health, stats, shutdown (dbregistry.health / lifecycle) --
+
+    def health(self, timeout: float = 5.0, *, names: Iterable[str] | None = None) -> dict[str, _health.HealthReport]:
+        """Ping every database (or ``names``) with its sync engine, all at once, each within ``timeout`` seconds.
+
+        >>> reports = registry.health(timeout=2.0)           # doctest: +SKIP
+        >>> {name: r.status for name, r in reports.items()}  # doctest: +SKIP
+        {'primary': 'up', 'replica': 'timeout'}
+
+        Returns name -> `HealthReport` (``status`` "up", "down" or "timeout",
+        ``latency_ms``, masked ``error``, ``pool`` figures; recovery and replay
+        lag for a PostgreSQL ``replica_of``). Each ping runs in a daemon thread
+        and the call returns after the slowest, at most ``timeout`` later: a
+        database that hangs is reported as "timeout", not waited on.
+        """
+        return _health.check_health(self, timeout, names)
+
+    async def ahealth(
+        self, timeout: float = 5.0, *, names: Iterable[str] | None = None
+    ) -> dict[str, _health.HealthReport]:
+        """`health` with the async engines, pinged concurrently: it takes as long as the slowest database.
+
+        >>> reports = await registry.ahealth(timeout=1.0)    # doctest: +SKIP
+        """
+        return await _health.check_health_async(self, timeout, names)
+
+    def stats(self) -> dict[str, _health.PoolStats]:
+        """SQLAlchemy's pool figures (``size``, ``checked_out``, ``overflow``, ``checked_in``) of every built engine.
+
+        >>> registry.stats()["primary"].checked_out          # doctest: +SKIP
+        0
+
+        A database whose sync and async engines are both built gets their sum.
+        """
+        return _health.pool_figures(self.names, self._sync, self._async)
+
+    def install_shutdown_hook(
+        self, *, signals: Iterable[int] = _lifecycle.DEFAULT_SIGNALS, timeout: float = 10.0
+    ) -> _lifecycle.ShutdownHook:
+        """Close every engine at interpreter exit and on SIGTERM/SIGINT, then hand the signal on.
+
+        >>> hook = registry.install_shutdown_hook()          # doctest: +SKIP
+        >>> hook.uninstall()                                 # doctest: +SKIP
+
+        A Python handler installed before is then called; with none, the
+        signal's default action ends the process as it would have without the
+        hook. Calling it again returns the same handle; ``uninstall()`` restores
+        everything. ``timeout`` bounds the wait for closing on a signal.
+        """
+        return _lifecycle.install_shutdown_hook(self, signals=signals, timeout=timeout)
+
+    def lifespan(self, app: object = None) -> AbstractAsyncContextManager[None]:
+        """An ASGI lifespan that closes every engine on shutdown: ``FastAPI(lifespan=registry.lifespan)``.
+
+        >>> app = FastAPI(lifespan=registry.lifespan)        # doctest: +SKIP
+        """
+        return _lifecycle.lifespan(self, app)
 
 
 def _unique_engines(engines: Mapping[str | None, Any]) -> list[tuple[str, Any]]:

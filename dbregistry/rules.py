@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from .errors import closest
+from .poolers import detect as detect_pooler
+from .poolers import forbidden_settings
 from .pools import QUEUE_OPTIONS, accepted_options, why_not
 from .schema import DatabaseConfig
 from .urls import dialect_of, is_sqlite, is_sqlite_memory
@@ -42,9 +44,7 @@ def effective_pool_class(db: DatabaseConfig) -> tuple[str, bool]:
 
 
 @rule
-def pool_options_fit_the_pool_class(
-    name: str, db: DatabaseConfig, _: Declared
-) -> Iterator[Finding]:
+def pool_options_fit_the_pool_class(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
     pool, declared = effective_pool_class(db)
     allowed = accepted_options(pool)
     for option in sorted(QUEUE_OPTIONS & db.model_fields_set - allowed):
@@ -61,9 +61,7 @@ def pool_options_fit_the_pool_class(
 
 
 @rule
-def single_connection_pools_are_for_sqlite(
-    name: str, db: DatabaseConfig, _: Declared
-) -> Iterator[Finding]:
+def single_connection_pools_are_for_sqlite(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
     if db.pool_class in ("StaticPool", "SingletonThreadPool") and not is_sqlite(db.url):
         yield (
             "pool_class",
@@ -76,9 +74,7 @@ def single_connection_pools_are_for_sqlite(
 
 
 @rule
-def memory_sqlite_needs_one_shared_connection(
-    name: str, db: DatabaseConfig, _: Declared
-) -> Iterator[Finding]:
+def memory_sqlite_needs_one_shared_connection(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
     if is_sqlite_memory(db.url) and db.pool_class in ("QueuePool", "AsyncAdaptedQueuePool", "NullPool"):
         yield (
             "pool_class",
@@ -93,18 +89,14 @@ _LEVELS_BY_DIALECT = {"sqlite": ("AUTOCOMMIT", "READ UNCOMMITTED", "SERIALIZABLE
 
 
 @rule
-def isolation_level_fits_the_dialect(
-    name: str, db: DatabaseConfig, _: Declared
-) -> Iterator[Finding]:
+def isolation_level_fits_the_dialect(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
     levels = _LEVELS_BY_DIALECT.get(dialect_of(db.url))
     if db.isolation_level is not None and levels is not None and db.isolation_level not in levels:
         yield "isolation_level", f"{dialect_of(db.url)} supports {', '.join(levels)}, not {db.isolation_level}"
 
 
 @rule
-def replica_of_names_another_database(
-    name: str, db: DatabaseConfig, databases: Declared
-) -> Iterator[Finding]:
+def replica_of_names_another_database(name: str, db: DatabaseConfig, databases: Declared) -> Iterator[Finding]:
     target = db.replica_of
     if target is None:
         return
@@ -124,5 +116,17 @@ def replica_of_names_another_database(
 
 def unknown_name_message(name: str, declared: list[str]) -> str:
     hint = closest(name, declared)
-    did_you_mean = f"; did you mean {hint!r}?" if hint else ""
-    return f"{name!r} is not a declared database{did_you_mean} declared: {', '.join(declared) or '(none)'}"
+    did_you_mean = f"; did you mean {hint!r}?" if hint else ";"
+    names = ", ".join(str(d) for d in declared)  # str(): names given in code may be of any type
+    return f"{name!r} is not a declared database{did_you_mean} declared: {names or '(none)'}"
+
+
+@rule
+def settings_that_work_behind_a_transaction_pooler(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
+    pooler = detect_pooler(db)
+    if not pooler.transaction_mode:
+        return
+    if dialect_of(db.url) != "postgresql":
+        yield "pooler", f"{pooler.mode} is a PostgreSQL pooler; this URL is {dialect_of(db.url)}"
+    for key, reason in forbidden_settings(db.connect_args or {}):
+        yield "connect_args", f"{key}: {reason} (the registry sets what {pooler.mode} needs)"

@@ -43,6 +43,10 @@ USER = "app"
 DATABASE = "app"
 PASSWORD = "pg-S3cret@/:%pw"
 REPLICATION_USER = "replicator"
+# PgBouncer logs in to the server as its own role, so that its pooled server
+# connections never count as the application's (`connections(usename="app")`).
+BOUNCER_USER = "bouncer"
+BOUNCER_PASSWORD = "bouncer-server-pw"  # plain: PgBouncer's connection strings do not quote the awkward one
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
@@ -534,6 +538,7 @@ class PostgresServer(_PostgresBase):
                 f"CREATE ROLE {USER} LOGIN PASSWORD {sql_literal(PASSWORD)};\n"
                 f"CREATE ROLE {REPLICATION_USER} LOGIN REPLICATION "
                 f"PASSWORD {sql_literal(PASSWORD)};\n"
+                f"CREATE ROLE {BOUNCER_USER} LOGIN PASSWORD {sql_literal(BOUNCER_PASSWORD)};\n"
                 f"CREATE DATABASE {DATABASE} OWNER {USER};\n",
                 database="postgres",
             )
@@ -643,7 +648,7 @@ class PgBouncer(_Closable):
         self._track()
         try:
             secret = primary.scram_secret(self.user)
-            _write(self.auth_file, f'"{self.user}" "{secret}"\n')
+            _write(self.auth_file, f'"{self.user}" "{secret}"\n"{BOUNCER_USER}" "{BOUNCER_PASSWORD}"\n')
             self.start()
         except BaseException:
             self.close()
@@ -673,7 +678,7 @@ class PgBouncer(_Closable):
         return self.url(drivername, database=database).render_as_string(hide_password=False)
 
     def _config(self, port: int) -> str:
-        primary = f"host={self.primary.host} port={self.primary.port}"
+        primary = f"host={self.primary.host} port={self.primary.port} user={BOUNCER_USER}"
         return (
             "[databases]\n"
             f"* = {primary}\n"

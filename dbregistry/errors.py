@@ -17,8 +17,9 @@ input in theirs).
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "RegistryClosedError",
     "UnknownDatabaseError",
     "closest",
+    "redact",
 ]
 
 
@@ -85,7 +87,10 @@ class ConfigError(DBRegistryError, ValueError):
     problems: list[Problem]
 
     def __init__(self, problems: Iterable[Problem], *, origin: str | None = None) -> None:
-        self.problems = sorted(problems, key=Problem.sort_key)
+        # A URL written where a name belongs (`default:`, `replica_of:`, `pool_class:`) is
+        # echoed by the message that rejects it: its password is masked here, whatever the rule.
+        unique = dict.fromkeys(replace(p, path=redact(p.path), message=redact(p.message)) for p in problems)
+        self.problems = sorted(unique, key=Problem.sort_key)
         if not self.problems:
             raise ValueError("ConfigError needs at least one problem")
         self.origin = origin
@@ -160,9 +165,21 @@ class CloseError(DBRegistryError, ExceptionGroup[Exception]):
         super().__init__(f"failed to dispose {', '.join(names)}", [exc for _, exc in failures])
 
 
+# scheme://user:password@ ; the literal placeholder "password" of the hints is kept.
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` in it shown as ``***``."""
+    if "://" not in text:
+        return text
+    return _URL_PASSWORD.sub(lambda m: m[0] if m[2] in ("password", "***") else f"{m[1]}***@", text)
+
+
 def closest(word: str, candidates: Iterable[str]) -> str | None:
     """The candidate closest to ``word`` (case-insensitive), or None when none is close."""
     options = list(candidates)
-    lowered = {c.lower(): c for c in options}
-    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    lowered = {str(c).lower(): c for c in options}
+    # str(): a mapping given in code may have keys of any type (`{1: ...}`, `{None: ...}`).
+    match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
     return lowered[match[0]] if match else None

@@ -323,7 +323,7 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
     seen: dict[str, str] = {}
     for name, entry in raw.items():
         path: PathKey = ("databases", name)
-        if not _NAME.match(str(name)):
+        if not isinstance(name, str) or not _NAME.match(name):
             found.add(
                 path, "a database name starts with a letter and has only letters, digits, '_' and '-'", origin(path)
             )
@@ -343,6 +343,10 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
         flags = [key for key in _NUMBER_FIELDS if isinstance(entry.get(key), bool)]
         for key in flags:
             found.add((*path, key), f"must be {_NUMBER_FIELDS[key]}, got {entry[key]!r}", origin((*path, key)))
+        for key in ("pool_class", "poolclass"):
+            # `pool_class: null` is YAML's null, which would silently mean the default QueuePool.
+            if key in entry and entry[key] is None and origin((*path, key)).file is not None:
+                found.add((*path, key), _NULL_POOL_CLASS, origin((*path, key)))
         try:
             databases[name] = DatabaseConfig.model_validate({k: v for k, v in entry.items() if k not in flags})
         except ValidationError as e:
@@ -393,6 +397,10 @@ _EXPECTED = {
 }
 
 
+_NULL_POOL_CLASS = (
+    "has no value (YAML reads null and ~ as nothing); write NullPool for the pool that keeps "
+    "no connections, or remove the line for the default"
+)
 _NUMBER_FIELDS = {
     "pool_size": "a whole number",
     "max_overflow": "a whole number",
@@ -453,6 +461,8 @@ def describe(error: ErrorDetails) -> str:
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         symbol = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         bound = next(iter(ctx.values()), "")
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)  # pool_timeout's "> 0", not "> 0.0"
         return f"must be {symbol} {bound}{got}"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '')}{got}"

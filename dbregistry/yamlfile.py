@@ -88,11 +88,16 @@ def load_yaml_file(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS
         raise _error(name, "is a directory, not a YAML file") from None
     except PermissionError:
         raise _error(name, "permission denied reading the file") from None
+    # Errors are raised after the except blocks: `from None` only hides the context, and the
+    # decode and parser errors carry the file's text (and so its passwords) in their arguments.
+    bad_byte: int | None = None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise _error(name, f"is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})", line) from None
+        bad_byte = e.start
+    if bad_byte is not None:
+        line = raw.count(b"\n", 0, bad_byte) + 1
+        raise _error(name, f"is not UTF-8 text (byte 0x{raw[bad_byte]:02x} at offset {bad_byte})", line)
     return load_yaml_text(text, name, limits)
 
 
@@ -102,18 +107,22 @@ def load_yaml_text(text: str, file: str = "<string>", limits: Limits = DEFAULT_L
         raise _error(file, f"the text is {len(text):,} characters, over the limit of {limits.max_bytes:,}")
     text = text.removeprefix("\ufeff")
     if "\x00" in text:
-        raise _error(file, "contains a NUL character; is it a binary file?")
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise _error(file, "contains a NUL character; is it a binary file?", line)
     if text.count("[") + text.count("{") > _BRACKETS_WITHOUT_SCAN:
         _check_flow_depth(text, file, limits)
+    syntax_error: ConfigError | None = None
     try:
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
         # e.problem/e.context only: str(e) quotes the offending line, which may hold a password.
         mark = e.problem_mark or e.context_mark
         what = "; ".join(str(part) for part in (e.context, e.problem) if part)
-        raise _error(file, f"is not valid YAML: {what}", mark.line + 1 if mark is not None else None) from None
+        syntax_error = _error(file, f"is not valid YAML: {what}", mark.line + 1 if mark is not None else None)
     except yaml.YAMLError as e:
-        raise _error(file, f"is not valid YAML: {type(e).__name__}") from None
+        syntax_error = _error(file, f"is not valid YAML: {type(e).__name__}")
+    if syntax_error is not None:
+        raise syntax_error  # outside the except block: no __context__ holding the parser's error
     if root is None or (isinstance(root, ScalarNode) and root.tag == f"{_TAG}null"):
         raise _error(file, "the file is empty; declare at least `databases:`", 1)
     if not isinstance(root, MappingNode):

@@ -140,6 +140,9 @@ class UnknownDatabaseError(DBRegistryError, KeyError):
         # KeyError's str() is the repr of its argument; show the sentence instead.
         return str(self.args[0])
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.declared), {"args": self.args})
+
 
 class RegistryClosedError(DBRegistryError, RuntimeError):
     """The registry was closed; it builds no new engines."""
@@ -183,3 +186,8 @@ def closest(word: str, candidates: Iterable[str]) -> str | None:
     # str(): a mapping given in code may have keys of any type (`{1: ...}`, `{None: ...}`).
     match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
     return lowered[match[0]] if match else None
+
+
+# Tracebacks show the public name users import (`dbregistry.ConfigError`), as httpx does.
+for _error in (DBRegistryError, ConfigError, UnknownDatabaseError, RegistryClosedError, CloseError):
+    _error.__module__ = "dbregistry"

@@ -35,7 +35,7 @@ def test_the_message_of_the_documented_command(monkeypatch: pytest.MonkeyPatch) 
     error = load("config/bad.yaml")
     assert str(error) == EXPECTED.format(file="config/bad.yaml")
     last_line = "".join(traceback.format_exception_only(error)).splitlines()[0]
-    assert last_line == "dbregistry.errors.ConfigError: 3 problems in config/bad.yaml"
+    assert last_line == "dbregistry.ConfigError: 3 problems in config/bad.yaml"
 
 
 def test_the_problems_as_data(monkeypatch: pytest.MonkeyPatch) -> None:

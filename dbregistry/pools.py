@@ -60,8 +60,9 @@ def normalize_pool_name(value: str) -> PoolName:
     """``"queue"``, ``"nullpool"``, ``"NullPool"`` ... to SQLAlchemy's class name."""
     name = POOL_NAMES.get(value.strip().lower())
     if name is None:
-        hint = closest(value, list(POOL_CLASSES) + list(_SHORT))
-        did_you_mean = f"did you mean {hint!r}? " if hint else ""
+        # Suggest the class name: the short form `null` would read as YAML's null.
+        hint = closest(value, list(POOL_NAMES))
+        did_you_mean = f"did you mean {POOL_NAMES[hint]!r}? " if hint else ""
         raise ValueError(f"unknown pool class {value!r}; {did_you_mean}known: {', '.join(POOL_CLASSES)}")
     return name  # type: ignore[return-value]
 

@@ -275,7 +275,9 @@ def url_env_layer(
         if variable in environ and variable != "DATABASE_URL":
             databases[name] = {"url": environ[variable]}
             variables[name] = variable
-    target = default if default is not None else ("primary" if not declared else None)
+    # A default that names no declared database is reported by validation; DATABASE_URL
+    # must not quietly declare a database under a mistyped name.
+    target = default if default in declared else ("primary" if not declared else None)
     if "DATABASE_URL" in environ and target is not None:
         databases[target] = {"url": environ["DATABASE_URL"]}
         variables[target] = "DATABASE_URL"

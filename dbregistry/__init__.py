@@ -13,6 +13,8 @@ from .errors import (
     RegistryClosedError,
     UnknownDatabaseError,
 )
+from .health import HealthReport, PoolStats
+from .lifecycle import ShutdownHook
 from .registry import Registry
 from .schema import DatabaseConfig, RegistryConfig
 from .sources import Origin
@@ -23,12 +25,15 @@ __all__ = [
     "ConfigError",
     "DBRegistryError",
     "DatabaseConfig",
+    "HealthReport",
     "Limits",
     "Origin",
+    "PoolStats",
     "Problem",
     "Registry",
     "RegistryClosedError",
     "RegistryConfig",
+    "ShutdownHook",
     "UnknownDatabaseError",
 ]
 

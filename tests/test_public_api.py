@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.resources import files
 
 import dbregistry
 
@@ -46,6 +47,4 @@ def test_import_stays_light() -> None:
 
 
 def test_py_typed_ships() -> None:
-    from importlib.resources import files
-
     assert files("dbregistry").joinpath("py.typed").is_file()

@@ -1,0 +1,669 @@
+"""The ``dbregistry`` command (also ``python -m dbregistry``).
+
+=========================================  ===================================================================
+command                                    what it does
+=========================================  ===================================================================
+``dbregistry validate``                    load and validate; every problem, or one line per database
+``dbregistry show``                        every field of every database, its value and where it came from
+``dbregistry check [--timeout S]``         connect to every database at once and ping it
+``dbregistry budget --processes N``        the most connections the fleet can open, per server, against its limit
+``dbregistry schema``                      the JSON Schema of the configuration file
+=========================================  ===================================================================
+
+Every command takes ``--config FILE`` and ``--profile P`` (else
+``DBREGISTRY_CONFIG`` and the environment, as `Registry.load` reads them) and
+``--json``. Colour is used only when standard output is a terminal (and
+``NO_COLOR`` is unset). Passwords are always masked.
+
+Exit codes: 0 all is well; 1 a problem was found (the configuration is
+invalid, a database is down, the fleet is over budget); 2 the command line
+was wrong.
+
+>>> main(["validate", "--config", "config/databases.yaml"])   # doctest: +SKIP
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from sqlalchemy.engine import URL
+
+from .budget import Budget, plan, read_limits
+from .errors import CloseError, ConfigError
+from .health import HealthReport
+from .poolers import detect as detect_pooler
+from .pools import POOL_NAMES, accepted_options
+from .registry import Registry
+from .rules import effective_pool_class
+from .schema import NAME_PATTERN, DatabaseConfig, RegistryConfig
+from .sources import Origin, Precedence
+from .urls import mask
+
+__all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "build_parser", "config_schema", "main"]
+
+EXIT_OK: Final = 0
+EXIT_PROBLEMS: Final = 1
+EXIT_USAGE: Final = 2
+
+# What SQLAlchemy uses for an option left unset (create_engine's and the pools' own defaults).
+SQLALCHEMY_DEFAULTS: Final[dict[str, Any]] = {
+    "pool_size": 5,
+    "max_overflow": 10,
+    "pool_timeout": 30.0,
+    "pool_recycle": -1,
+    "pool_pre_ping": False,
+    "pool_use_lifo": False,
+    "pool_reset_on_return": "rollback",
+    "echo": False,
+    "echo_pool": False,
+    "isolation_level": None,
+    "connect_args": {},
+    "execution_options": {},
+}
+_QUEUE_ONLY: Final = frozenset({"pool_size", "max_overflow", "pool_timeout", "pool_use_lifo"})
+_SECRET_WORDS: Final = ("password", "passwd", "secret", "token", "key")
+_ALIASES: Final = {name: info.alias for name, info in DatabaseConfig.model_fields.items() if info.alias}
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+class Style:
+    """ANSI colour, or nothing."""
+
+    _CODES: Final = {"green": "32", "red": "31", "yellow": "33", "bold": "1", "dim": "2"}
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @classmethod
+    def for_stream(cls, stream: TextIO) -> Style:
+        isatty = getattr(stream, "isatty", None)
+        tty = bool(isatty and isatty())
+        return cls(tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb")
+
+    def __call__(self, text: str, colour: str | None) -> str:
+        if not self.enabled or colour is None or not text:
+            return text
+        return f"\033[{self._CODES[colour]}m{text}\033[0m"
+
+
+Cell = str | tuple[str, str | None]
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Cell]], style: Style, indent: str = "") -> str:
+    """Columns padded to their widest cell; colour is applied after padding so it never skews them."""
+    plain = [[cell if isinstance(cell, str) else cell[0] for cell in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in plain:
+        for i, text in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+    lines = [indent + "  ".join(style(h.ljust(w), "bold") for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for cells_of_row in rows:
+        cells = []
+        for cell, width in zip(cells_of_row, widths, strict=True):
+            text, colour = (cell, None) if isinstance(cell, str) else cell
+            cells.append(style(text.ljust(width), colour))
+        lines.append(indent + "  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def _source(args: argparse.Namespace) -> str:
+    config = getattr(args, "config", None)
+    return str(config or os.environ.get("DBREGISTRY_CONFIG") or "the environment")
+
+
+def _load(args: argparse.Namespace) -> Registry:
+    return Registry.load(getattr(args, "config", None), profile=getattr(args, "profile", None))
+
+
+def _problems_json(error: ConfigError) -> list[dict[str, Any]]:
+    return [
+        {
+            "path": p.path,
+            "message": p.message,
+            "location": p.location,
+            "source": p.source,
+            "file": p.file,
+            "line": p.line,
+        }
+        for p in error.problems
+    ]
+
+
+def _close(registry: Registry) -> None:
+    try:
+        registry.close()
+    except CloseError as e:
+        print(f"warning: {e}", file=sys.stderr)
+
+
+# -- values and where they came from ----------------------------------------------------
+
+
+def _masked_args(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: "***" if any(w in k.lower() for w in _SECRET_WORDS) else v for k, v in args.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, URL):
+        return mask(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _origin_of(registry: Registry, name: str, field: str) -> Origin:
+    origin = registry.origin(name, field)
+    alias = _ALIASES.get(field)
+    if alias is not None and origin == registry.origin(name):
+        # Written under its alias (poolclass:): the field name falls back to the database's own line.
+        origin = registry.origin(name, alias)
+    return origin
+
+
+def _label(origin: Origin, profile: str | None) -> str:
+    if origin.precedence is Precedence.PROFILE and profile:
+        return f"{origin} (profile {profile})"
+    return str(origin)
+
+
+def effective_fields(registry: Registry, name: str) -> list[dict[str, Any]]:
+    """Every field of one database: its effective value (passwords masked) and where it came from.
+
+    An unset field shows the value SQLAlchemy (or the registry) uses for it,
+    from ``default``; a queue option of a pool class that takes none shows None.
+    """
+    db = registry[name]
+    pool_class, _ = effective_pool_class(db)
+    fields: list[dict[str, Any]] = []
+    for field in DatabaseConfig.model_fields:
+        value: Any = getattr(db, field)
+        origin: Origin | None = None
+        if field in db.model_fields_set:
+            origin = _origin_of(registry, name, field)
+            label = _label(origin, registry.profile)
+        elif field == "pool_class":
+            value, label = pool_class, "default"
+        elif field == "log_pool_events":
+            value = registry.config.log_pool_events
+            label = "top-level log_pool_events" if value else "default"
+        elif field == "pooler":
+            found = detect_pooler(db)
+            value, label = found.mode, (f"detected: {found.reason}" if found.mode != "none" else "default")
+        elif field in _QUEUE_ONLY and field not in accepted_options(pool_class):
+            value, label = None, f"not used by {pool_class}"
+        else:
+            value, label = copy.deepcopy(SQLALCHEMY_DEFAULTS.get(field, value)), "default"
+        if field == "connect_args" and isinstance(value, dict):
+            value = _masked_args(value)
+        fields.append(
+            {
+                "field": field,
+                "value": _jsonable(value),
+                "origin": label,
+                "source": origin.source if origin else None,
+                "file": origin.file if origin else None,
+                "line": origin.line if origin else None,
+                "precedence": origin.precedence.name.lower() if origin else "default",
+            }
+        )
+    return fields
+
+
+def _options_summary(db: DatabaseConfig) -> str:
+    shown = []
+    for field in ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping", "isolation_level"):
+        if field in db.model_fields_set:
+            shown.append(f"{field}={_shown(getattr(db, field))}")
+    return " ".join(shown)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace, style: Style) -> int:
+    try:
+        registry = _load(args)
+    except ConfigError as e:
+        if args.json:
+            _emit_json({"ok": False, "source": _source(args), "problems": _problems_json(e)})
+        else:
+            print(style("invalid", "red") + f": {e}")
+        return EXIT_PROBLEMS
+    try:
+        databases = {}
+        rows: list[list[Cell]] = []
+        for name in registry.names:
+            db = registry[name]
+            pool_class, declared = effective_pool_class(db)
+            notes = []
+            if name == registry.default:
+                notes.append("default")
+            if db.replica_of:
+                notes.append(f"replica of {db.replica_of}")
+            databases[name] = {
+                "url": mask(db.url),
+                "pool_class": pool_class,
+                "pool_class_declared": declared,
+                "replica_of": db.replica_of,
+                "default": name == registry.default,
+                "origin": str(registry.origin(name)),
+            }
+            rows.append([name, mask(db.url), pool_class, _options_summary(db), ", ".join(notes)])
+        if args.json:
+            _emit_json(
+                {
+                    "ok": True,
+                    "source": _source(args),
+                    "profile": registry.profile,
+                    "default": registry.default,
+                    "databases": databases,
+                }
+            )
+        else:
+            count = len(registry)
+            profile = f", profile {registry.profile}" if registry.profile else ""
+            print(f"{style('ok', 'green')}: {count} database{'s' if count != 1 else ''} from {_source(args)}{profile}")
+            print(render_table(["name", "url", "pool", "options", "notes"], rows, style, indent="  "))
+        return EXIT_OK
+    finally:
+        _close(registry)
+
+
+def cmd_show(args: argparse.Namespace, style: Style) -> int:
+    registry = _load(args)
+    try:
+        everything = {name: effective_fields(registry, name) for name in registry.names}
+        if args.json:
+            _emit_json(
+                {
+                    "source": _source(args),
+                    "profile": registry.profile,
+                    "default": registry.default,
+                    "log_pool_events": registry.config.log_pool_events,
+                    "databases": {
+                        name: {f["field"]: {k: v for k, v in f.items() if k != "field"} for f in fields}
+                        for name, fields in everything.items()
+                    },
+                }
+            )
+            return EXIT_OK
+        profile = registry.profile or "-"
+        print(f"source {_source(args)}  profile {profile}  default {registry.default or '-'}")
+        for name, fields in everything.items():
+            marker = " (default)" if name == registry.default else ""
+            print()
+            print(style(name + marker, "bold"))
+            rows: list[list[Cell]] = [
+                [f["field"], _shown(f["value"]), (f["origin"], "dim" if f["precedence"] == "default" else None)]
+                for f in fields
+            ]
+            print(render_table(["field", "value", "from"], rows, style, indent="  "))
+        return EXIT_OK
+    finally:
+        _close(registry)
+
+
+_STATUS_COLOURS: Final = {"up": "green", "down": "red", "timeout": "yellow"}
+
+
+def cmd_check(args: argparse.Namespace, style: Style) -> int:
+    registry = _load(args)
+    try:
+        allowed = set(args.allow_down)
+        unknown = sorted(allowed - set(registry.names))
+        if unknown:
+            print(
+                f"dbregistry check: --allow-down names no declared database: {', '.join(unknown)} "
+                f"(declared: {', '.join(registry.names)})",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        reports = registry.health(timeout=args.timeout)
+        failing = [name for name, r in reports.items() if not r.ok and name not in allowed]
+        if args.json:
+            _emit_json(
+                {
+                    "ok": not failing,
+                    "timeout": args.timeout,
+                    "databases": {
+                        name: _check_json(registry, name, report, name in allowed) for name, report in reports.items()
+                    },
+                }
+            )
+            return EXIT_PROBLEMS if failing else EXIT_OK
+        replicas = any(registry[name].replica_of for name in reports)
+        headers = ["name", "url", "driver", "pool", "status", "latency", "version"]
+        if replicas:
+            headers += ["recovery", "lag"]
+        rows = [_check_row(registry, name, report, name in allowed, replicas) for name, report in reports.items()]
+        print(render_table(headers, rows, style))
+        errors = [(name, r.error) for name, r in reports.items() if r.error]
+        if errors:
+            print()
+            for name, error in errors:
+                print(f"{style(name, 'bold')}: {error}")
+        if failing:
+            print(style(f"\n{len(failing)} of {len(reports)} down: {', '.join(failing)}", "red"))
+        return EXIT_PROBLEMS if failing else EXIT_OK
+    finally:
+        _close(registry)
+
+
+def _engine_facts(registry: Registry, name: str) -> tuple[str | None, str | None]:
+    try:
+        engine = registry.get(name)
+    except Exception:
+        return None, None
+    return engine.url.drivername, type(engine.pool).__name__
+
+
+def _check_json(registry: Registry, name: str, report: HealthReport, allowed: bool) -> dict[str, Any]:
+    driver, pool_class = _engine_facts(registry, name)
+    db = registry[name]
+    return {
+        "url": mask(db.url),
+        "driver": driver,
+        "pool_class": pool_class,
+        "replica_of": db.replica_of,
+        "allowed_down": allowed,
+        **report.as_dict(),
+    }
+
+
+def _check_row(registry: Registry, name: str, report: HealthReport, allowed: bool, replicas: bool) -> list[Cell]:
+    driver, pool_class = _engine_facts(registry, name)
+    db = registry[name]
+    status: Cell = (report.status, _STATUS_COLOURS[report.status])
+    if not report.ok and allowed:
+        status = (f"{report.status} (allowed)", "dim")
+    latency = f"{report.latency_ms:.1f} ms" if report.latency_ms is not None else "-"
+    row: list[Cell] = [
+        name,
+        mask(db.url),
+        driver or "-",
+        pool_class or "-",
+        status,
+        latency,
+        report.server_version or "-",
+    ]
+    if replicas:
+        recovery: Cell = "-"
+        lag: Cell = "-"
+        if db.replica_of and report.in_recovery is not None:
+            recovery = ("yes", "green") if report.in_recovery else ("NO (not a replica)", "red")
+        if db.replica_of and report.replay_lag_s is not None:
+            limit = db.replica_max_lag_seconds
+            lag = (
+                f"{report.replay_lag_s:.2f} s",
+                "yellow" if limit is not None and report.replay_lag_s > limit else None,
+            )
+        row += [recovery, lag]
+    return row
+
+
+def cmd_budget(args: argparse.Namespace, style: Style) -> int:
+    registry = _load(args)
+    try:
+        live = read_limits(registry, timeout=args.timeout) if args.live else None
+        budget = plan(registry.config, processes=args.processes, threads=args.threads, live=live)
+    finally:
+        _close(registry)
+    if args.json:
+        _emit_json(budget.as_dict())
+    else:
+        _print_budget(budget, style)
+    return EXIT_OK if budget.ok else EXIT_PROBLEMS
+
+
+def _print_budget(budget: Budget, style: Style) -> None:
+    threads = f" x {budget.threads} thread{'s' if budget.threads != 1 else ''}"
+    print(f"connection budget for {budget.processes} process{'es' if budget.processes != 1 else ''}{threads}")
+    print()
+    rows: list[list[Cell]] = []
+    for server in budget.servers:
+        for i, db in enumerate(server.databases):
+            most = str(db.total) if db.total is not None else ("unbounded", "red")
+            pool = db.pool_class + (f" via {db.pooler}" if db.pooler else "")
+            rows.append([server.server if i == 0 else "", db.name, pool, db.formula, most])
+    for db in budget.serverless:
+        rows.append(["(no server)", db.name, db.pool_class, db.formula, ("0", "dim")])
+    print(render_table(["server", "database", "pool", "formula", "connections"], rows, style))
+    print()
+    for server in budget.servers:
+        total = server.total
+        head = style(server.server, "bold")
+        if total is None:
+            print(f"{head}  {style('UNBOUNDED', 'red')}: a pool sets no upper bound (pool_size 0 or max_overflow -1)")
+            continue
+        if server.limit is None:
+            why = f" ({server.limit_error})" if server.limit_error else ""
+            print(
+                f"{head}  {total} connections; limit unknown{why}: declare max_connections on a database "
+                "of this server, or use --live"
+            )
+            continue
+        limit = server.limit
+        allows = (
+            f"{total} of {limit.available} allowed (max_connections {limit.max_connections} - {limit.reserved} reserved, "
+            f"{limit.source})"
+        )
+        if server.over:
+            print(f"{head}  {allows}: {style(f'OVER by {server.over}', 'red')}")
+        else:
+            print(f"{head}  {allows}: {style('ok', 'green')}, {limit.available - total} to spare")
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file, for editors (``# yaml-language-server: $schema=...``).
+
+    It is pydantic's schema of `RegistryConfig`, adjusted to what the file
+    really accepts: both ``pool_class`` and ``poolclass``, the pool names in
+    any case and their short forms, ``${VAR}`` in any value, and ``profiles:``.
+    """
+    schema = RegistryConfig.model_json_schema()
+    defs = schema["$defs"]
+    db = defs["DatabaseConfig"]
+    properties: dict[str, Any] = {}
+    for key, prop in db["properties"].items():
+        if key == "poolclass":
+            names = sorted(set(POOL_NAMES) | set(POOL_NAMES.values()))
+            properties["pool_class"] = {**prop, "anyOf": [{"enum": names}, {"type": "null"}], "title": "Pool Class"}
+        elif key in ("url", "direct_url"):
+            properties[key] = _without_uri_format(prop)
+        else:
+            properties[key] = prop
+    properties["poolclass"] = {**properties["pool_class"], "description": "alias of pool_class"}
+    db["properties"] = {key: _interpolatable(prop) for key, prop in properties.items()}
+    overlay = copy.deepcopy(db)
+    overlay.pop("required", None)
+    overlay["title"] = "DatabaseOverlay"
+    overlay["description"] = "A profile's changes to one database: any field, none required."
+    defs["DatabaseOverlay"] = overlay
+    schema["properties"]["databases"]["propertyNames"] = {"pattern": NAME_PATTERN}
+    schema["properties"]["log_pool_events"] = _interpolatable(schema["properties"]["log_pool_events"])
+    schema["properties"]["profiles"] = {
+        "description": "named overlays chosen by --profile, DBREGISTRY_PROFILE or APP_ENV",
+        "type": "object",
+        "additionalProperties": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "default": {"type": "string"},
+                "databases": {
+                    "type": "object",
+                    "propertyNames": {"pattern": NAME_PATTERN},
+                    "additionalProperties": {"$ref": "#/$defs/DatabaseOverlay"},
+                },
+            },
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "dbregistry configuration",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }
+
+
+def _without_uri_format(prop: dict[str, Any]) -> dict[str, Any]:
+    # ${DATABASE_URL:-sqlite:///./dev.db} is a valid value but not a URI.
+    prop = copy.deepcopy(prop)
+    for branch in [prop, *prop.get("anyOf", [])]:
+        branch.pop("format", None)
+    return prop
+
+
+def _interpolatable(prop: dict[str, Any]) -> dict[str, Any]:
+    # Any value may be written as ${VAR...}, substituted before validation.
+    if _any_string(prop):
+        return prop
+    meta: dict[str, Any] = {k: prop[k] for k in ("title", "description", "default") if k in prop}
+    body = {k: v for k, v in prop.items() if k not in meta}
+    return {**meta, "anyOf": [body, {"type": "string", "pattern": r"\$\{"}]}
+
+
+def _any_string(prop: dict[str, Any]) -> bool:
+    if prop.get("type") == "string" and not {"enum", "const", "pattern", "format"} & prop.keys():
+        return True
+    return any(_any_string(branch) for branch in prop.get("anyOf", []))
+
+
+def cmd_schema(args: argparse.Namespace, style: Style) -> int:
+    _emit_json(config_schema())
+    return EXIT_OK
+
+
+# -- the parser -------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help="the YAML file (default: $DBREGISTRY_CONFIG, else the environment)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="P",
+        default=default,
+        help="the profile to apply (default: $DBREGISTRY_PROFILE, else $APP_ENV)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS if suppress else False, help="machine-readable output"
+    )
+
+
+Command = Callable[[argparse.Namespace, Style], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dbregistry`` command."""
+    parser = argparse.ArgumentParser(
+        prog="dbregistry",
+        description="Validate, inspect and check the databases a service declares.",
+        epilog="exit codes: 0 ok; 1 problems (invalid configuration, a database down, over budget); 2 usage",
+    )
+    _common(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="command")
+
+    def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _common(sub, suppress=True)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("validate", cmd_validate, "load and validate the configuration; every problem, or one line per database")
+    command("show", cmd_show, "the effective configuration: every field, its value and where it came from")
+    check = command("check", cmd_check, "connect to every database concurrently and ping it")
+    check.add_argument("--timeout", type=_seconds, default=5.0, metavar="S", help="seconds per database (default 5)")
+    check.add_argument(
+        "--allow-down", action="append", default=[], metavar="NAME", help="a database that may be down (repeatable)"
+    )
+    budget = command("budget", cmd_budget, "the most connections the fleet can open, per server, against its limit")
+    budget.add_argument("--processes", type=_positive_int, required=True, metavar="N", help="processes of this service")
+    budget.add_argument("--threads", type=_positive_int, default=1, metavar="T", help="threads per process (default 1)")
+    budget.add_argument("--live", action="store_true", help="read max_connections from each PostgreSQL server")
+    budget.add_argument("--timeout", type=_seconds, default=5.0, metavar="S", help="connect timeout for --live")
+    command("schema", cmd_schema, "print the JSON Schema of the configuration file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit code (`EXIT_OK`, `EXIT_PROBLEMS` or `EXIT_USAGE`)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    handler: Command | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_usage(sys.stderr)
+        print("dbregistry: error: name a command: validate, show, check, budget or schema", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return handler(args, Style.for_stream(sys.stdout) if not args.json else Style(False))
+    except ConfigError as e:
+        if args.json:
+            _emit_json({"ok": False, "source": _source(args), "problems": _problems_json(e)})
+        else:
+            print(f"dbregistry {args.command}: invalid configuration: {e}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except BrokenPipeError:
+        # Output piped into `head` and friends: stop quietly, and keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PROBLEMS

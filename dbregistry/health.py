@@ -1,0 +1,442 @@
+"""Health checks and pool figures: what `Registry.health`, `Registry.ahealth` and `Registry.stats` return.
+
+A ping checks out a connection from the database's own engine (so it also
+tells whether the pool can hand one out), runs ``SELECT 1`` and, for a
+PostgreSQL replica, asks whether the server is in recovery and how far its
+replay lags. Each ping is bounded by the timeout three ways: the driver's
+connect timeout, the server's ``statement_timeout`` (PostgreSQL), and the
+caller, which stops waiting when the time is up. Error texts never carry a
+password: URLs are masked and the password itself is replaced wherever it appears.
+
+>>> from dbregistry import Registry
+>>> registry = Registry.from_dict({"databases": {"dev": {"url": "sqlite://"}}}, environ={})
+>>> registry.health(timeout=2.0)["dev"].status
+'up'
+>>> registry.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import math
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import quote, quote_plus
+
+from sqlalchemy import event, literal_column, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from .errors import RegistryClosedError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.pool import Pool
+
+    from .registry import Registry
+    from .schema import DatabaseConfig
+
+__all__ = [
+    "HealthReport",
+    "PoolStats",
+    "Status",
+    "bounded_connect",
+    "check_health",
+    "check_health_async",
+    "describe_error",
+    "pool_figures",
+    "pool_stats",
+    "secrets_of",
+]
+
+Status = Literal["up", "down", "timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """SQLAlchemy's figures for one pool.
+
+    ``size`` is the number of connections the pool keeps (``pool_size``),
+    ``checked_out`` those in use now, ``overflow`` how many beyond ``size``
+    are open (negative while fewer than ``size`` exist: SQLAlchemy's own
+    convention), ``checked_in`` those idle in the pool. Pools that keep no
+    such figure (NullPool, StaticPool) report 0 for it.
+
+    >>> PoolStats(size=5, checked_out=1, overflow=-4, checked_in=0).as_dict()["checked_out"]
+    1
+    """
+
+    size: int
+    checked_out: int
+    overflow: int
+    checked_in: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "size": self.size,
+            "checked_out": self.checked_out,
+            "overflow": self.overflow,
+            "checked_in": self.checked_in,
+        }
+
+    def __add__(self, other: PoolStats) -> PoolStats:
+        return PoolStats(
+            self.size + other.size,
+            self.checked_out + other.checked_out,
+            self.overflow + other.overflow,
+            self.checked_in + other.checked_in,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The outcome of one ping.
+
+    ``status`` is ``"up"``, ``"down"`` (an error: ``error`` says which, with
+    any password masked) or ``"timeout"`` (no answer within the timeout).
+    ``latency_ms`` is the time to check out a connection and run the ping,
+    None unless up. ``pool`` holds the engine's pool figures after the ping.
+    ``in_recovery`` and ``replay_lag_s`` are filled for a PostgreSQL database
+    declared with ``replica_of``; the lag is 0 while the replica has replayed
+    everything it received.
+
+    >>> report = HealthReport("down", None, "OperationalError: connection refused", None, None, None, None)
+    >>> report.ok
+    False
+    """
+
+    status: Status
+    latency_ms: float | None
+    error: str | None
+    pool: PoolStats | None
+    server_version: str | None
+    in_recovery: bool | None
+    replay_lag_s: float | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the database answered."""
+        return self.status == "up"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping of every field."""
+        return {
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+            "pool": self.pool.as_dict() if self.pool is not None else None,
+            "server_version": self.server_version,
+            "in_recovery": self.in_recovery,
+            "replay_lag_s": self.replay_lag_s,
+        }
+
+
+# -- pool figures ---------------------------------------------------------------------
+
+
+def pool_stats(pool: Pool) -> PoolStats:
+    """The figures of one SQLAlchemy pool; 0 for those its class does not keep."""
+
+    def figure(name: str) -> int:
+        value = getattr(pool, name, None)
+        if callable(value):
+            value = value()
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return PoolStats(figure("size"), figure("checkedout"), figure("overflow"), figure("checkedin"))
+
+
+def pool_figures(
+    names: Iterable[str], sync: Mapping[str | None, Engine], async_: Mapping[str | None, AsyncEngine]
+) -> dict[str, PoolStats]:
+    """Name to pool figures for every built engine, in declaration order.
+
+    When both a sync and an async engine of one database are built, their
+    figures are added: together they are what this process holds.
+    """
+    figures: dict[str, PoolStats] = {}
+    for name in names:
+        pools = []
+        if name in sync:
+            pools.append(pool_stats(sync[name].pool))
+        if name in async_:
+            pools.append(pool_stats(async_[name].sync_engine.pool))
+        if pools:
+            total = pools[0]
+            for more in pools[1:]:
+                total += more
+            figures[name] = total
+    return figures
+
+
+# -- masking --------------------------------------------------------------------------
+
+_URL_CREDENTIALS: Final = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/?#@\s]*):[^@\s]*@")
+_KEYWORD_PASSWORD: Final = re.compile(r"(?i)\b(?P<key>password|passwd|pwd)\s*=\s*(?:'[^']*'|\"[^\"]*\"|\S+)")
+_SECRET_WORDS: Final = ("password", "passwd", "secret", "token", "key")
+
+
+def secrets_of(db: DatabaseConfig) -> list[str]:
+    """The passwords a database's declaration holds: URL passwords and secret ``connect_args``."""
+    found = [url.password for url in (db.url, db.direct_url) if url is not None and url.password]
+    for key, value in (db.connect_args or {}).items():
+        if isinstance(value, str) and value and any(word in key.lower() for word in _SECRET_WORDS):
+            found.append(value)
+    return [str(secret) for secret in found]
+
+
+def describe_error(error: BaseException, secrets: Iterable[str] = ()) -> str:
+    """``Type: message`` on one line, with URLs masked and every given secret replaced by ``***``.
+
+    For a SQLAlchemy DBAPI error only the driver's own message is kept
+    (SQLAlchemy's text adds the statement, its parameters and a link).
+
+    >>> describe_error(ValueError("cannot reach postgresql://app:hunter2@db/app"))
+    'ValueError: cannot reach postgresql://app:***@db/app'
+    """
+    cause: BaseException = error
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        cause = error.orig
+    text = " ".join(str(cause).split())
+    variants = {form for secret in secrets if secret for form in (secret, quote(secret, safe=""), quote_plus(secret))}
+    for secret in sorted(variants, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = _URL_CREDENTIALS.sub(r"\g<head>:***@", text)
+    text = _KEYWORD_PASSWORD.sub(r"\g<key>=***", text)
+    kind = type(cause).__name__
+    return f"{kind}: {text}" if text else kind
+
+
+# -- bounding the connect -------------------------------------------------------------
+
+_CONNECT_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "dbregistry_connect_timeout", default=None
+)
+
+# The connect() keyword each driver takes for its connect timeout, and whether it wants whole seconds.
+_TIMEOUT_KEYWORDS: Final[dict[str, tuple[str, bool]]] = {
+    "psycopg": ("connect_timeout", True),
+    "psycopg_async": ("connect_timeout", True),
+    "psycopg2": ("connect_timeout", True),
+    "asyncpg": ("timeout", False),
+    "pg8000": ("timeout", False),
+    "pymysql": ("connect_timeout", True),
+    "mysqldb": ("connect_timeout", True),
+    "aiomysql": ("connect_timeout", True),
+    "asyncmy": ("connect_timeout", True),
+}
+
+
+def _bound_connect_timeout(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    timeout = _CONNECT_TIMEOUT.get()
+    if timeout is None:
+        return
+    known = _TIMEOUT_KEYWORDS.get(dialect.driver)
+    if known is None:
+        return
+    keyword, whole_seconds = known
+    value: float = max(1, math.ceil(timeout)) if whole_seconds else timeout
+    current = cparams.get(keyword)
+    with contextlib.suppress(TypeError, ValueError):
+        if current is not None and 0 < float(current) <= value:
+            return
+    cparams[keyword] = value
+
+
+def _watch_connects(engine: Engine) -> None:
+    if not event.contains(engine, "do_connect", _bound_connect_timeout):
+        event.listen(engine, "do_connect", _bound_connect_timeout)
+
+
+@contextlib.contextmanager
+def bounded_connect(engine: Engine, timeout: float) -> Iterator[None]:
+    """Inside the block, new connections of ``engine`` opened by this thread or task give up after ``timeout``.
+
+    It sets the driver's own connect timeout (whole seconds for libpq, which
+    waits 2 s at least); connections already pooled are not affected.
+    """
+    _watch_connects(engine)
+    token = _CONNECT_TIMEOUT.set(timeout)
+    try:
+        yield
+    finally:
+        _CONNECT_TIMEOUT.reset(token)
+
+
+# -- one ping -------------------------------------------------------------------------
+
+_REPLICA_SQL: Final = (
+    "SELECT pg_is_in_recovery(), "
+    "CASE WHEN NOT pg_is_in_recovery() THEN NULL "
+    "WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    server_version: str | None
+    in_recovery: bool | None = None
+    replay_lag_s: float | None = None
+
+
+def _probe(conn: Connection, replica: bool, timeout: float) -> _Answer:
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        # A server that accepted the connection but is stuck (locks, overload) cancels the ping itself.
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")
+    conn.execute(select(literal_column("1"))).scalar()
+    info = conn.dialect.server_version_info
+    version = ".".join(str(part) for part in info) if info else None
+    answer = _Answer(version)
+    if replica and postgres:
+        in_recovery, lag = conn.exec_driver_sql(_REPLICA_SQL).one()
+        answer = _Answer(version, bool(in_recovery), float(lag) if lag is not None else None)
+    conn.rollback()
+    return answer
+
+
+def _retry_once(error: BaseException) -> bool:
+    # A pooled connection the server dropped (restart, idle timeout) fails once and is
+    # invalidated; the second try gets a fresh one and says whether the server is really up.
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def _ping_sync(engine: Engine, replica: bool, timeout: float) -> _Answer:
+    with bounded_connect(engine, timeout):
+        try:
+            with engine.connect() as conn:
+                return _probe(conn, replica, timeout)
+        except DBAPIError as e:
+            if not _retry_once(e):
+                raise
+        with engine.connect() as conn:
+            return _probe(conn, replica, timeout)
+
+
+async def _ping_async(engine: AsyncEngine, replica: bool, timeout: float) -> _Answer:
+    def probe(conn: Connection) -> _Answer:
+        return _probe(conn, replica, timeout)
+
+    with bounded_connect(engine.sync_engine, timeout):
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(probe)
+        except DBAPIError as e:
+            if not _retry_once(e):
+                raise
+        async with engine.connect() as conn:
+            return await conn.run_sync(probe)
+
+
+def _up(answer: _Answer, started: float, pool: PoolStats | None) -> HealthReport:
+    latency = round((time.monotonic() - started) * 1000, 3)
+    return HealthReport("up", latency, None, pool, answer.server_version, answer.in_recovery, answer.replay_lag_s)
+
+
+def _failed(error: BaseException, secrets: Iterable[str], pool: PoolStats | None) -> HealthReport:
+    status: Status = "timeout" if isinstance(error, TimeoutError | PoolTimeoutError) else "down"
+    return HealthReport(status, None, describe_error(error, secrets), pool, None, None, None)
+
+
+def _timed_out(timeout: float, pool: PoolStats | None) -> HealthReport:
+    return HealthReport("timeout", None, f"no answer within {timeout:g} s", pool, None, None, None)
+
+
+def _names(registry: Registry, names: Iterable[str] | None) -> list[str]:
+    if registry.closed:
+        raise RegistryClosedError("the registry is closed; there is nothing to check")
+    if names is None:
+        return registry.names
+    chosen = list(names)
+    for name in chosen:
+        registry[name]  # UnknownDatabaseError for a name that was not declared
+    return chosen
+
+
+def _check_timeout(timeout: float) -> None:
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+
+
+# -- every database -------------------------------------------------------------------
+
+
+def check_health(
+    registry: Registry, timeout: float = 5.0, names: Iterable[str] | None = None
+) -> dict[str, HealthReport]:
+    """Ping every database (or ``names``) with its sync engine, all at once; see `Registry.health`."""
+    _check_timeout(timeout)
+    chosen = _names(registry, names)
+    results: dict[str, HealthReport] = {}
+    engines: dict[str, Engine] = {}
+    for name in chosen:
+        try:
+            engines[name] = registry.get(name)
+        except Exception as e:
+            results[name] = _failed(e, secrets_of(registry[name]), None)
+    # Building engines does no I/O; the timeout starts with the pings.
+    deadline = time.monotonic() + timeout
+    threads: list[threading.Thread] = []
+    for name, engine in engines.items():
+        # A daemon thread per ping: one that hangs is left behind, never waited on past the timeout.
+        thread = threading.Thread(
+            target=_run_ping,
+            args=(engine, registry[name], timeout, results, name),
+            name=f"dbregistry-health-{name}",
+            daemon=True,
+        )
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    reports: dict[str, HealthReport] = {}
+    for name in chosen:
+        report = results.get(name)
+        if report is None:
+            report = _timed_out(timeout, pool_stats(engines[name].pool))
+        reports[name] = report
+    return reports
+
+
+def _run_ping(engine: Engine, db: DatabaseConfig, timeout: float, results: dict[str, HealthReport], name: str) -> None:
+    started = time.monotonic()
+    try:
+        answer = _ping_sync(engine, db.replica_of is not None, timeout)
+    except Exception as e:
+        results[name] = _failed(e, secrets_of(db), pool_stats(engine.pool))
+    else:
+        results[name] = _up(answer, started, pool_stats(engine.pool))
+
+
+async def check_health_async(
+    registry: Registry, timeout: float = 5.0, names: Iterable[str] | None = None
+) -> dict[str, HealthReport]:
+    """Ping every database (or ``names``) with its async engine, concurrently; see `Registry.ahealth`."""
+    _check_timeout(timeout)
+    chosen = _names(registry, names)
+
+    async def one(name: str) -> HealthReport:
+        db = registry[name]
+        try:
+            engine = registry.get_async(name)
+        except Exception as e:
+            return _failed(e, secrets_of(db), None)
+        started = time.monotonic()
+        try:
+            answer = await asyncio.wait_for(_ping_async(engine, db.replica_of is not None, timeout), timeout)
+        except TimeoutError:
+            return _timed_out(timeout, pool_stats(engine.sync_engine.pool))
+        except Exception as e:
+            return _failed(e, secrets_of(db), pool_stats(engine.sync_engine.pool))
+        return _up(answer, started, pool_stats(engine.sync_engine.pool))
+
+    reports = await asyncio.gather(*(one(name) for name in chosen))
+    return dict(zip(chosen, reports, strict=True))

@@ -1,0 +1,744 @@
+"""Read/write routing: reads of a database go to its healthy replicas, writes to the database itself.
+
+One `Router` per `Registry`. ``reader(name)`` picks among the databases declared
+``replica_of: name`` by smooth weighted round robin, skipping the ones marked down,
+and returns ``name`` itself when none is declared or none is healthy.
+
+The hot path (``reader()`` with nothing due) is a dict lookup, a clock read, a
+counter step and a tuple index: no I/O, no lock, no logging. Everything else
+happens on state changes:
+
+* A replica is marked **down** by the request that finds it broken: a failed
+  connection attempt (every driver's error, refused, timed out, rejected, seen by
+  wrapping the engine dialect's ``connect``) or a lost connection
+  (SQLAlchemy's ``handle_error`` with ``is_disconnect``, or an operator-intervention
+  SQLSTATE ``57P0x`` such as a shutdown). That request fails with its own error;
+  the next ``reader()`` already skips the replica.
+* A down replica is **probed** once its ``backoff`` has passed: the first
+  ``reader()`` call after that moment starts a probe off its own path (a
+  short-lived thread for sync callers, a task on the caller's event loop for
+  async ones) and returns immediately. The probe connects and runs one query;
+  only a successful probe puts the replica back, so no request is sent to a
+  replica that is still down.
+* A replica declaring ``replica_max_lag_seconds`` is probed every
+  ``lag_check_interval`` seconds the same way, and marked down while its replay
+  lag is above the limit (PostgreSQL only).
+* ``check_replicas()`` / ``acheck_replicas()`` probe every replica now, inline:
+  for a health endpoint or a loop of your own.
+
+Each transition is logged once on ``dbregistry.routing`` (down: WARNING, back up:
+INFO), URLs masked and passwords scrubbed from driver messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import reduce
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
+from urllib.parse import quote, quote_plus
+
+from sqlalchemy import event
+
+from .errors import RegistryClosedError, UnknownDatabaseError
+from .urls import dialect_of, mask
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine, ExceptionContext
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from .registry import Registry
+    from .schema import DatabaseConfig
+
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "DEFAULT_LAG_CHECK_INTERVAL",
+    "UNSET",
+    "ReplicaStatus",
+    "Router",
+    "Unset",
+    "weighted_order",
+]
+
+logger = logging.getLogger("dbregistry.routing")
+
+DEFAULT_BACKOFF: Final = 30.0
+DEFAULT_LAG_CHECK_INTERVAL: Final = 5.0
+# close() waits this long for a probe in flight before disposing the engines under it.
+_PROBE_JOIN_TIMEOUT: Final = 5.0
+# A probe not finished after this long (a hung connect, a task whose loop was closed under it)
+# no longer stops the next one from starting.
+_PROBE_STALE_AFTER: Final = 60.0
+# Weights are reduced to a cycle of at most this many slots (precomputed once per state change).
+_MAX_CYCLE: Final = 4096
+
+# Zero when the replica has replayed all it received: an idle primary sends nothing, and
+# now() - last replay timestamp would grow without any lag. NULL (unknown) counts as no lag.
+_PG_LAG_SQL: Final = (
+    "select case when not pg_is_in_recovery() then 0 "
+    "when pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() then 0 "
+    "else extract(epoch from now() - pg_last_xact_replay_timestamp()) end"
+)
+_PING_SQL: Final = "select 1"
+# 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 57P04 database_dropped.
+_DOWN_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "57P04"})
+
+T = TypeVar("T")
+
+
+class Unset(enum.Enum):
+    """The type of `UNSET`: a keyword left as it was (None means something else)."""
+
+    UNSET = enum.auto()
+
+
+UNSET: Final = Unset.UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """A replica as the router sees it.
+
+    ``up`` is False while reads skip it; ``reason`` says why (the error, or the lag);
+    ``lag_seconds`` is the last replay lag measured (PostgreSQL, else None);
+    ``retry_in`` is how long until the next probe of a down replica.
+    """
+
+    name: str
+    primary: str
+    url: str
+    weight: int
+    up: bool
+    reason: str | None
+    lag_seconds: float | None
+    retry_in: float | None
+
+
+class _Replica:
+    """The mutable health of one replica; changed only under the router's lock."""
+
+    __slots__ = (
+        "lag",
+        "max_lag",
+        "measures_lag",
+        "name",
+        "next_check",
+        "password",
+        "primary",
+        "reason",
+        "scheduled",
+        "up",
+        "url",
+        "weight",
+    )
+
+    def __init__(self, name: str, primary: str, db: DatabaseConfig) -> None:
+        self.name = name
+        self.primary = primary
+        self.url = mask(db.url)
+        self.password = db.url.password
+        self.weight = db.weight
+        self.max_lag = db.replica_max_lag_seconds
+        self.measures_lag = dialect_of(db.url) == "postgresql"
+        self.up = True
+        self.reason: str | None = None
+        self.lag: float | None = None
+        self.scheduled = False
+        # monotonic time of the next probe: retry of a down replica, or the periodic lag check
+        self.next_check = math.inf
+
+
+class _Route:
+    """Where the reads of one database go: its replicas and the precomputed cycle of the healthy ones."""
+
+    __slots__ = ("active", "announced", "counter", "name", "next_check", "probing", "replicas", "root", "url")
+
+    def __init__(self, name: str, root: str, url: str, replicas: tuple[_Replica, ...]) -> None:
+        self.name = name
+        self.root = root
+        self.url = url
+        self.replicas = replicas
+        self.active: tuple[str, ...] = weighted_order([(r.name, r.weight) for r in replicas])
+        self.counter = itertools.count()
+        self.probing = False
+        self.announced = False
+        # 0.0: the first reader() call takes the slow path once (announcements, first lag check).
+        self.next_check = 0.0
+
+
+_Messages = list[tuple[int, str]]
+
+
+class Router:
+    """Read/write routing over one registry's declarations.
+
+    >>> from dbregistry import Registry
+    >>> registry = Registry.from_dict({"databases": {
+    ...     "primary": {"url": "sqlite:///primary.db"},
+    ...     "replica": {"url": "sqlite:///replica.db", "replica_of": "primary"}}}, environ={})
+    >>> registry.reader("primary") is registry.get("replica")     # doctest: +SKIP
+    True
+
+    Used through the registry (``reader``, ``writer``, ``async_reader``,
+    ``async_writer``, ``session(read_only=True)``, ``configure_routing``,
+    ``check_replicas``); see the module docstring for how health is tracked.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        backoff: float = DEFAULT_BACKOFF,
+        lag_check_interval: float | None = DEFAULT_LAG_CHECK_INTERVAL,
+    ) -> None:
+        _check_settings(backoff, lag_check_interval)
+        self._registry = registry
+        self._backoff = backoff
+        self._lag_interval = lag_check_interval
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sync: dict[str, Engine] = {}
+        self._async: dict[str, AsyncEngine] = {}
+        self._hooked: weakref.WeakSet[Engine] = weakref.WeakSet()
+        self._threads: set[threading.Thread] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._routes: dict[str | None, _Route] = {}
+        self._replicas: dict[str, _Replica] = {}
+        databases = registry.config.databases
+        replicas_of: dict[str, list[_Replica]] = {}
+        for name, db in databases.items():
+            if db.replica_of is not None:
+                replica = _Replica(name, db.replica_of, db)
+                replicas_of.setdefault(db.replica_of, []).append(replica)
+                self._replicas[name] = replica
+        for name, db in databases.items():
+            self._routes[name] = _Route(name, _root(name, databases), mask(db.url), tuple(replicas_of.get(name, ())))
+        if registry.default is not None and registry.default in self._routes:
+            self._routes[None] = self._routes[registry.default]
+        _ROUTERS.add(self)
+
+    # -- settings ------------------------------------------------------------------------
+
+    @property
+    def backoff(self) -> float:
+        return self._backoff
+
+    @property
+    def lag_check_interval(self) -> float | None:
+        return self._lag_interval
+
+    def configure(self, *, backoff: float | None = None, lag_check_interval: float | Unset | None = UNSET) -> None:
+        """Change the back-off and the lag check interval (None disables periodic lag checks).
+
+        Waits already scheduled are shortened to the new values, never lengthened.
+        """
+        new_backoff = self._backoff if backoff is None else backoff
+        new_interval = self._lag_interval if isinstance(lag_check_interval, Unset) else lag_check_interval
+        _check_settings(new_backoff, new_interval)
+        with self._lock:
+            self._backoff = new_backoff
+            self._lag_interval = new_interval
+            now = time.monotonic()
+            for replica in self._replicas.values():
+                if not replica.up:
+                    replica.next_check = min(replica.next_check, now + new_backoff)
+                else:
+                    replica.next_check = min(replica.next_check, self._next_lag_check(replica, now))
+            for route in self._unique_routes():
+                self._reschedule(route)
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def reader(self, name: str | None = None) -> Engine:
+        """The sync engine reads of ``name`` should use: a healthy replica, else ``name`` itself."""
+        route = self._routes.get(name) or self._unknown(name)
+        if route.next_check <= time.monotonic():
+            self._due(route, is_async=False)
+        active = route.active
+        target = active[next(route.counter) % len(active)] if active else route.name
+        engine = self._sync.get(target)
+        return engine if engine is not None else self._engine(target)
+
+    def async_reader(self, name: str | None = None) -> AsyncEngine:
+        """The async engine reads of ``name`` should use: a healthy replica, else ``name`` itself."""
+        route = self._routes.get(name) or self._unknown(name)
+        if route.next_check <= time.monotonic():
+            self._due(route, is_async=True)
+        active = route.active
+        target = active[next(route.counter) % len(active)] if active else route.name
+        engine = self._async.get(target)
+        return engine if engine is not None else self._async_engine(target)
+
+    def writer(self, name: str | None = None) -> Engine:
+        """The sync engine of the database that takes the writes of ``name`` (the end of its ``replica_of`` chain)."""
+        route = self._routes.get(name) or self._unknown(name)
+        return self._registry.get(route.root)
+
+    def async_writer(self, name: str | None = None) -> AsyncEngine:
+        """The async engine of the database that takes the writes of ``name``."""
+        route = self._routes.get(name) or self._unknown(name)
+        return self._registry.get_async(route.root)
+
+    def _unknown(self, name: str | None) -> NoReturn:
+        self._registry._resolve(name)  # raises the registry's own error (no default, closed, ...)
+        raise UnknownDatabaseError(name, self._registry.names)  # pragma: no cover - _resolve raised
+
+    # -- engines and their hooks -------------------------------------------------------------
+
+    def _engine(self, name: str) -> Engine:
+        with self._lock:
+            engine = self._sync.get(name)
+            if engine is not None:
+                return engine
+            engine = self._registry.get(name)
+            replica = self._replicas.get(name)
+            if replica is not None:
+                self._hook(engine, replica)
+            if not self._closed:
+                self._sync[name] = engine
+            return engine
+
+    def _async_engine(self, name: str) -> AsyncEngine:
+        with self._lock:
+            aengine = self._async.get(name)
+            if aengine is not None:
+                return aengine
+            aengine = self._registry.get_async(name)
+            replica = self._replicas.get(name)
+            if replica is not None:
+                self._hook(aengine.sync_engine, replica)
+            if not self._closed:
+                self._async[name] = aengine
+            return aengine
+
+    def _hook(self, engine: Engine, replica: _Replica) -> None:
+        """Mark ``replica`` down when a connection to it fails or is lost."""
+        if engine in self._hooked:
+            return
+        self._hooked.add(engine)
+        dialect = engine.dialect
+        connect = dialect.connect
+
+        # handle_error does not see every connect failure (asyncpg raises OSError, which
+        # SQLAlchemy lets through untouched): the dialect's connect is where all of them pass.
+        def connect_or_mark_down(*cargs: Any, **cparams: Any) -> Any:
+            try:
+                return connect(*cargs, **cparams)
+            except Exception as e:
+                self._failed(replica, e)
+                raise
+
+        def on_error(context: ExceptionContext) -> None:
+            if context.is_pre_ping or context.connection is None:
+                return  # the pool reconnects after a failed ping; connect failures were seen above
+            if context.is_disconnect or _sqlstate(context.original_exception) in _DOWN_SQLSTATES:
+                self._failed(replica, context.original_exception)
+
+        dialect.connect = connect_or_mark_down  # type: ignore[method-assign]
+        event.listen(engine, "handle_error", on_error)
+
+    # -- state changes (under the lock, logged after it) -----------------------------------
+
+    def _failed(self, replica: _Replica, error: BaseException) -> None:
+        if not replica.up:
+            return  # already down: only a probe re-arms the back-off
+        with self._lock:
+            messages = self._down(replica, _describe(error, replica.password), time.monotonic()) if replica.up else []
+        _log(messages)
+
+    def _down(self, replica: _Replica, reason: str, now: float) -> _Messages:
+        route = self._routes[replica.primary]
+        replica.next_check = now + self._backoff
+        was_up, replica.up, replica.reason = replica.up, False, reason
+        self._reschedule(route)
+        if not was_up:
+            return [
+                (logging.DEBUG, f"replica {replica.name!r} is still down ({reason}); next try in {self._backoff:g}s")
+            ]
+        route.active = self._active(route)
+        where = (
+            f"reads of {route.name!r} go to the other replicas"
+            if route.active
+            else f"no healthy replica of {route.name!r} is left: its reads go to {route.name!r} ({route.url})"
+        )
+        return [
+            (
+                logging.WARNING,
+                f"replica {replica.name!r} ({replica.url}) is down: {reason}; {where}; next try in {self._backoff:g}s",
+            )
+        ]
+
+    def _up(self, replica: _Replica, now: float) -> _Messages:
+        route = self._routes[replica.primary]
+        replica.next_check = self._next_lag_check(replica, now)
+        was_up, replica.up, replica.reason = replica.up, True, None
+        self._reschedule(route)
+        if was_up:
+            return []
+        fallback_ended = not route.active
+        route.active = self._active(route)
+        lag = f" (lag {replica.lag:.3g}s)" if replica.lag is not None else ""
+        then = f"; reads of {route.name!r} go to replicas again" if fallback_ended else ""
+        return [(logging.INFO, f"replica {replica.name!r} ({replica.url}) is back up{lag}{then}")]
+
+    def _result(self, replica: _Replica, *, error: BaseException | None, lag: float | None) -> None:
+        if self._closed:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if error is not None:
+                messages = self._down(replica, _describe(error, replica.password), now)
+            else:
+                replica.lag = lag
+                if lag is not None and replica.max_lag is not None and lag > replica.max_lag:
+                    reason = f"replay lag {lag:.3g}s is over replica_max_lag_seconds {replica.max_lag:g}"
+                    messages = self._down(replica, reason, now)
+                else:
+                    messages = self._up(replica, now)
+        _log(messages)
+
+    def _active(self, route: _Route) -> tuple[str, ...]:
+        return weighted_order([(r.name, r.weight) for r in route.replicas if r.up])
+
+    def _lag_checked(self, replica: _Replica) -> bool:
+        return replica.max_lag is not None and replica.measures_lag and self._lag_interval is not None
+
+    def _next_lag_check(self, replica: _Replica, now: float) -> float:
+        interval = self._lag_interval
+        if interval is None or replica.max_lag is None or not replica.measures_lag:
+            return math.inf
+        return now + interval
+
+    def _reschedule(self, route: _Route) -> None:
+        if not route.probing:
+            route.next_check = min((r.next_check for r in route.replicas), default=math.inf)
+
+    def _unique_routes(self) -> list[_Route]:
+        return [route for name, route in self._routes.items() if name is not None]
+
+    # -- probes ---------------------------------------------------------------------------------
+
+    def _due(self, route: _Route, *, is_async: bool) -> None:
+        """Start a probe of the replicas whose check is due; called by whichever reader crosses the time."""
+        if not self._lock.acquire(blocking=False):
+            return  # another caller is changing the state; this one routes on what it sees
+        loop: asyncio.AbstractEventLoop | None = None
+        due: list[_Replica] = []
+        messages: _Messages = []
+        try:
+            now = time.monotonic()
+            if not route.announced:
+                route.announced = True
+                messages = self._announce(route, now)
+            if self._closed or route.next_check > now:
+                return
+            due = [r for r in route.replicas if r.next_check <= now]
+            if not due:
+                self._reschedule(route)
+                return
+            if is_async:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    due = []  # no loop to run an async probe in; the next caller in a loop will
+                    return
+            route.probing = True
+            route.next_check = now + _PROBE_STALE_AFTER
+        finally:
+            self._lock.release()
+            _log(messages)
+        if due:
+            self._start_probe(route, due, loop)
+
+    def _start_probe(self, route: _Route, due: list[_Replica], loop: asyncio.AbstractEventLoop | None) -> None:
+        name = f"dbregistry probe of {route.name}"
+        if loop is not None:
+            probe = self._probe_async(route, due)
+            try:
+                task = loop.create_task(probe, name=name)
+            except RuntimeError:  # the loop is closing
+                probe.close()
+                self._probe_not_started(route)
+                return
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        thread = threading.Thread(target=self._probe_sync, args=(route, due), name=name, daemon=True)
+        self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError:  # the interpreter is shutting down
+            self._threads.discard(thread)
+            self._probe_not_started(route)
+
+    def _probe_not_started(self, route: _Route) -> None:
+        with self._lock:
+            route.probing = False
+            self._reschedule(route)
+
+    def _announce(self, route: _Route, now: float) -> _Messages:
+        messages: _Messages = []
+        if not route.replicas:
+            messages.append(
+                (logging.INFO, f"{route.name!r} has no replica declared: its reads go to {route.name!r} ({route.url})")
+            )
+        for replica in route.replicas:
+            if replica.max_lag is not None and not replica.measures_lag:
+                messages.append(
+                    (
+                        logging.WARNING,
+                        f"replica {replica.name!r}: replica_max_lag_seconds is only measured on PostgreSQL; ignored",
+                    )
+                )
+            if replica.up and self._lag_checked(replica) and not replica.scheduled:
+                replica.scheduled = True
+                replica.next_check = now  # its lag is unknown: check it at once
+        self._reschedule(route)
+        return messages
+
+    def _probe_sync(self, route: _Route, due: Sequence[_Replica]) -> None:
+        try:
+            for replica in due:
+                if self._closed:
+                    break
+                self._probe_one(replica)
+        finally:
+            with self._lock:
+                route.probing = False
+                self._reschedule(route)
+            self._threads.discard(threading.current_thread())
+
+    async def _probe_async(self, route: _Route, due: Sequence[_Replica]) -> None:
+        try:
+            for replica in due:
+                if self._closed:
+                    break
+                await self._aprobe_one(replica)
+        finally:
+            with self._lock:
+                route.probing = False
+                self._reschedule(route)
+
+    def _probe_one(self, replica: _Replica) -> None:
+        try:
+            with self._engine(replica.name).connect() as conn:
+                lag = _measure(conn, replica)
+        except Exception as e:
+            self._result(replica, error=e, lag=None)
+        else:
+            self._result(replica, error=None, lag=lag)
+
+    async def _aprobe_one(self, replica: _Replica) -> None:
+        try:
+            async with self._async_engine(replica.name).connect() as conn:
+                lag = await _ameasure(conn, replica)
+        except Exception as e:
+            self._result(replica, error=e, lag=None)
+        else:
+            self._result(replica, error=None, lag=lag)
+
+    # -- explicit checks and status ----------------------------------------------------------
+
+    def _selected(self, name: str | None) -> list[_Replica]:
+        if name is None:
+            return list(self._replicas.values())
+        route = self._routes.get(name) or self._unknown(name)
+        return list(route.replicas)
+
+    def check(self, name: str | None = None) -> dict[str, ReplicaStatus]:
+        """Probe every replica (of ``name``, else all) now, in this thread, and update their state."""
+        self._check_open()
+        replicas = self._selected(name)
+        for replica in replicas:
+            self._probe_one(replica)
+        return self._status_of(replicas)
+
+    async def acheck(self, name: str | None = None) -> dict[str, ReplicaStatus]:
+        """Probe every replica (of ``name``, else all) now with the async engines, one after the other."""
+        self._check_open()
+        replicas = self._selected(name)
+        for replica in replicas:
+            await self._aprobe_one(replica)
+        return self._status_of(replicas)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RegistryClosedError("the registry is closed; cannot check its replicas")
+
+    def status(self, name: str | None = None) -> dict[str, ReplicaStatus]:
+        """The state of every replica (of ``name``, else all), without any I/O."""
+        return self._status_of(self._selected(name))
+
+    def _status_of(self, replicas: Iterable[_Replica]) -> dict[str, ReplicaStatus]:
+        now = time.monotonic()
+        with self._lock:
+            return {
+                r.name: ReplicaStatus(
+                    name=r.name,
+                    primary=r.primary,
+                    url=r.url,
+                    weight=r.weight,
+                    up=r.up,
+                    reason=r.reason,
+                    lag_seconds=r.lag,
+                    retry_in=None if r.up else max(0.0, r.next_check - now),
+                )
+                for r in replicas
+            }
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop starting probes, wait for the ones in flight, forget the engines (the registry disposes them)."""
+        self._closed = True
+        for thread in list(self._threads):
+            if thread is not threading.current_thread():
+                thread.join(_PROBE_JOIN_TIMEOUT)
+        for task in list(self._tasks):
+            loop = task.get_loop()
+            if not task.done() and loop.is_running() and not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
+        self._forget()
+
+    async def aclose(self) -> None:
+        """`close`, awaiting the probe tasks of the running loop instead of cancelling them."""
+        self._closed = True
+        current = asyncio.get_running_loop()
+        mine = [t for t in self._tasks if not t.done() and t.get_loop() is current and t is not asyncio.current_task()]
+        if mine:
+            _, pending = await asyncio.wait(mine, timeout=_PROBE_JOIN_TIMEOUT)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        threads = [t for t in self._threads if t is not threading.current_thread()]
+        if threads:
+            await asyncio.to_thread(_join_all, threads)
+        self.close()
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._sync = {}
+            self._async = {}
+
+    def _after_fork_in_child(self) -> None:
+        # Probes of the parent do not exist here; a lock held by one of its threads would never be released.
+        self._lock = threading.Lock()
+        self._threads = set()
+        self._tasks = set()
+        for route in self._unique_routes():
+            route.probing = False
+            self._reschedule(route)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def weighted_order(items: Sequence[tuple[T, int]]) -> tuple[T, ...]:
+    """One full cycle of smooth weighted round robin: each item appears ``weight`` times, spread out.
+
+    >>> weighted_order([("a", 1), ("b", 2)])
+    ('b', 'a', 'b')
+
+    Weights are divided by their greatest common divisor and scaled down to a cycle of at
+    most 4096 slots (every item keeps at least one).
+    """
+    if not items:
+        return ()
+    weights = [w for _, w in items]
+    divisor = reduce(math.gcd, weights)
+    weights = [w // divisor for w in weights]
+    total = sum(weights)
+    if total > _MAX_CYCLE:
+        weights = [max(1, w * _MAX_CYCLE // total) for w in weights]
+        total = sum(weights)
+    current = [0] * len(items)
+    order: list[T] = []
+    for _ in range(total):
+        for i, w in enumerate(weights):
+            current[i] += w
+        best = max(range(len(items)), key=current.__getitem__)
+        current[best] -= total
+        order.append(items[best][0])
+    return tuple(order)
+
+
+def _root(name: str, databases: Mapping[str, DatabaseConfig]) -> str:
+    seen = {name}
+    while (parent := databases[name].replica_of) is not None and parent in databases and parent not in seen:
+        seen.add(parent)
+        name = parent
+    return name
+
+
+def _check_settings(backoff: float, lag_check_interval: float | None) -> None:
+    if not backoff > 0:
+        raise ValueError(f"backoff must be a number of seconds above 0, got {backoff!r}")
+    if lag_check_interval is not None and not lag_check_interval > 0:
+        raise ValueError(f"lag_check_interval must be a number of seconds above 0 or None, got {lag_check_interval!r}")
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def _describe(error: BaseException, password: str | None) -> str:
+    """``Type: first line of the message``, the driver's own error rather than SQLAlchemy's wrapper."""
+    original = getattr(error, "orig", None)
+    cause = original if isinstance(original, BaseException) else error
+    lines = str(cause).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if password:
+        for form in {password, quote(password, safe=""), quote_plus(password)}:
+            text = text.replace(form, "***")
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def _measure(conn: Connection, replica: _Replica) -> float | None:
+    if replica.measures_lag:
+        value = conn.exec_driver_sql(_PG_LAG_SQL).scalar()
+        return None if value is None else float(value)
+    conn.exec_driver_sql(_PING_SQL).scalar()
+    return None
+
+
+async def _ameasure(conn: AsyncConnection, replica: _Replica) -> float | None:
+    if replica.measures_lag:
+        value = (await conn.exec_driver_sql(_PG_LAG_SQL)).scalar()
+        return None if value is None else float(value)
+    (await conn.exec_driver_sql(_PING_SQL)).scalar()
+    return None
+
+
+def _log(messages: _Messages) -> None:
+    for level, message in messages:
+        logger.log(level, "%s", message)
+
+
+def _join_all(threads: Iterable[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(_PROBE_JOIN_TIMEOUT)
+
+
+_ROUTERS: weakref.WeakSet[Router] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for router in list(_ROUTERS):
+        with contextlib.suppress(Exception):
+            router._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

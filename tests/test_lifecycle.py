@@ -209,9 +209,11 @@ def test_sigint_still_raises_keyboard_interrupt(tmp_path: Path) -> None:
     child = run_child(
         tmp_path,
         """
-        import time
+        import signal, time
         from dbregistry import Registry
 
+        # Python's own SIGINT handler, even when the parent left SIGINT ignored for its children.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         registry = Registry.from_dict({"databases": {"dev": {"url": "sqlite://"}}}, environ={})
         registry.get("dev").connect().close()
         registry.install_shutdown_hook()

@@ -124,7 +124,7 @@ class ShutdownHook:
         signal.raise_signal(sig)
 
     def _close_for_signal(self) -> None:
-        if _loop_running():
+        if loop_running():
             # The handler runs inside the event loop, which cannot serve the async engines'
             # close while it waits here; close() refuses at once when such engines exist.
             self._close_quietly()
@@ -183,7 +183,8 @@ async def lifespan(registry: Registry, app: object = None) -> AsyncIterator[None
         await registry.aclose()
 
 
-def _loop_running() -> bool:
+def loop_running() -> bool:
+    """Whether an event loop runs in this thread (async engines must then be closed with await)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -155,22 +155,16 @@ class Registry:
         environment and a ``.env`` file (when present) layered on top."""
         variables = os.environ if environ is None else environ
         path = config if config is not None else variables.get(_CONFIG_VARIABLE)
-        required = env_file != ".env"
-        if path:
-            document = load_yaml_file(path)
-            loaded = load_config(
-                document=document,
+        return cls(
+            load_config(
+                document=load_yaml_file(path) if path else None,
                 environ=environ,
                 env_file=env_file,
-                env_file_required=required,
+                env_file_required=env_file != ".env",
                 profile=profile,
                 overrides=overrides,
             )
-        else:
-            loaded = load_config(
-                document=None, environ=environ, env_file=env_file, env_file_required=required, overrides=overrides
-            )
-        return cls(loaded)
+        )
 
     # -- what was declared ------------------------------------------------------------
 
@@ -425,7 +419,7 @@ class Registry:
         with async engines built, use ``await aclose()`` instead (this raises
         `RuntimeError` and changes nothing).
         """
-        if self._async and _loop_running():
+        if self._async and _lifecycle.loop_running():
             raise RuntimeError(
                 "close() cannot wait for async engines inside a running event loop; use `await registry.aclose()`"
             )
@@ -532,14 +526,6 @@ class Registry:
 
 def _unique_engines(engines: Mapping[str | None, Any]) -> list[tuple[str, Any]]:
     return [(name, engine) for name, engine in engines.items() if name is not None]
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _dispose_sync(engines: list[tuple[str, Engine]]) -> list[tuple[str, Exception]]:

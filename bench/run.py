@@ -71,12 +71,12 @@ FIGURES: dict[int, Figure] = {
         Figure(7, "QueuePool vs NullPool, PostgreSQL", "NullPool", "reported", figure_7, needs_postgres=True),
         Figure(
             8,
-            "PgBouncer transaction mode with the registry's pooler settings",
+            "PgBouncer transaction mode, registry pooler settings",
             "direct PostgreSQL",
             "-",
             None,
             needs_postgres=True,
-            pending="needs the registry's pooler settings, not built yet",
+            pending="no figure function yet: this slot is for PgBouncer with the registry's pooler settings",
         ),
         Figure(9, "cold process to first query, SQLite", "create_engine by hand", "<= 1.2x", figure_9),
         Figure(
@@ -85,7 +85,7 @@ FIGURES: dict[int, Figure] = {
             "-",
             "-",
             None,
-            pending="needs Registry.ahealth(), not built yet",
+            pending="no figure function yet: this slot is for Registry.ahealth()",
         ),
     )
 }
@@ -314,8 +314,8 @@ def render(report: dict[str, Any]) -> str:
     notes: list[str] = []
     for number, figure in report["figures"].items():
         if figure["status"] != "ok":
-            why = "; ".join(figure["notes"])
-            lines.append([number, figure["title"], figure["status"].upper(), "", "", figure["target"], why[:70]])
+            lines.append([number, figure["title"], figure["status"].upper(), "", "", figure["target"], ""])
+            notes.extend(f"  {number}: {figure['status']}: {note}" for note in figure["notes"])
             continue
         for i, row in enumerate(figure["rows"]):
             lines.append(
@@ -338,9 +338,10 @@ def render(report: dict[str, Any]) -> str:
             c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
 
-    table = [fmt(columns), fmt(["-" * w for w in widths])]
+    rule = fmt(["-" * w for w in widths]).rstrip()
+    table = [fmt(columns).rstrip(), rule]
     for line in lines:
-        if line[0] and table[-1] != fmt(["-" * w for w in widths]):
+        if line[0] and table[-1] != rule:
             table.append("")
         table.append(fmt(line).rstrip())
     return "\n".join([*header, *table, "", "notes:", *notes])

@@ -25,11 +25,12 @@ from .interpolation import interpolate_tree
 from .rules import check, unknown_name_message
 from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, field_names
 from .sources import (
-    Layer,
     Merged,
     Origin,
     Precedence,
+    base_layer,
     collect_layers,
+    document_origin,
     merge,
     profile_layer,
     read_env_file,
@@ -179,7 +180,7 @@ def _check_profiles_section(document: YamlDocument, found: _Collector) -> None:
     profiles = document.data.get("profiles")
     if profiles is None:
         return
-    origin = _file_origin(document)
+    origin = document_origin(document, Precedence.YAML)
     if not isinstance(profiles, dict):
         found.add(("profiles",), "must be a mapping of profile name to overlay", origin(("profiles",)))
         return
@@ -195,20 +196,11 @@ def _check_profiles_section(document: YamlDocument, found: _Collector) -> None:
                 found.add((*path, key), f"unknown key in a profile; {tail}", origin((*path, key)))
 
 
-def _file_origin(document: YamlDocument) -> Any:
-    def origin(path: PathKey) -> Origin:
-        if not document.from_file:
-            return Origin(Precedence.YAML, document.file)
-        return Origin(Precedence.YAML, document.file, document.file, document.line_of(path))
-
-    return origin
-
-
 def _interpolated(
     document: YamlDocument, selected: str | None, variables: Mapping[str, str], found: _Collector | None
 ) -> YamlDocument:
     """The document with ``${...}`` substituted in its base and in the selected profile."""
-    origin = _file_origin(document)
+    origin = document_origin(document, Precedence.YAML)
 
     def on_error(path: PathKey, message: str) -> None:
         if found is not None:
@@ -245,13 +237,7 @@ def _validate_other_profiles(
 
         resolved = interpolate_tree(overlay, variables, skip)
         trial = replace(document, data={**document.data, "profiles": {**_profiles(document), name: resolved}})
-        base = Layer(
-            Precedence.YAML,
-            {k: v for k, v in document.data.items() if k != "profiles"},
-            _file_origin(document),
-            interpolate=False,
-        )
-        merged = merge([base, profile_layer(trial, name, Precedence.PROFILE)])
+        merged = merge([base_layer(document), profile_layer(trial, name, Precedence.PROFILE)])
         local = _Collector()
         _validate(merged, local, True)
         for problem in local.problems:

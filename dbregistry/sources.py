@@ -78,7 +78,6 @@ class Layer:
     data: dict[str, Any]
     origin_of: Callable[[PathKey], Origin]
     name: str = ""
-    interpolate: bool = False
 
 
 @dataclass(slots=True)
@@ -155,34 +154,41 @@ def _copy(value: Any) -> Any:
 
 def yaml_layers(document: YamlDocument, profile: str | None) -> list[Layer]:
     """The file's base, and the selected profile's overlay when there is one."""
-    base = {k: v for k, v in document.data.items() if k != "profiles"}
-
-    def base_origin(path: PathKey) -> Origin:
-        return _document_origin(document, Precedence.YAML, path)
-
-    layers = [Layer(Precedence.YAML, base, base_origin, document.file, interpolate=True)]
+    layers = [base_layer(document)]
     profiles = document.data.get("profiles")
     if profile is not None and isinstance(profiles, dict) and isinstance(profiles.get(profile), dict):
         layers.append(profile_layer(document, profile, Precedence.PROFILE))
     return layers
 
 
+def base_layer(document: YamlDocument) -> Layer:
+    """The file without its profiles."""
+    base = {k: v for k, v in document.data.items() if k != "profiles"}
+    return Layer(Precedence.YAML, base, document_origin(document, Precedence.YAML), document.file)
+
+
 def profile_layer(document: YamlDocument, profile: str, precedence: Precedence) -> Layer:
     """One profile's overlay as a layer whose origins point into the profile's lines."""
+    in_file = document_origin(document, precedence)
 
     def origin(path: PathKey) -> Origin:
-        return _document_origin(document, precedence, ("profiles", profile, *path))
+        return in_file(("profiles", profile, *path))
 
     overlay = document.data["profiles"][profile]
     # Other keys are reported by the loader's profile check, once.
     data = {key: overlay[key] for key in ("databases", "default") if key in overlay}
-    return Layer(precedence, data, origin, f"{document.file} (profile {profile})", interpolate=True)
+    return Layer(precedence, data, origin, f"{document.file} (profile {profile})")
 
 
-def _document_origin(document: YamlDocument, precedence: Precedence, path: PathKey) -> Origin:
-    if not document.from_file:
-        return Origin(precedence, document.file)
-    return Origin(precedence, document.file, document.file, document.line_of(path))
+def document_origin(document: YamlDocument, precedence: Precedence) -> Callable[[PathKey], Origin]:
+    """Where a path of the document was written: file and line, or just the source for a mapping."""
+
+    def origin(path: PathKey) -> Origin:
+        if not document.from_file:
+            return Origin(precedence, document.file)
+        return Origin(precedence, document.file, document.file, document.line_of(path))
+
+    return origin
 
 
 # -- environment variables and .env files ------------------------------------------

@@ -74,7 +74,7 @@ class Target:
         return subject <= self.limit if self.op == "<=" else subject >= self.limit
 
     def __str__(self) -> str:
-        sep = "" if self.unit == "x" else " "
+        sep = "" if self.unit in ("x", "") else " "
         return f"{self.op} {self.limit:g}{sep}{self.unit}"
 
 

@@ -89,19 +89,33 @@ def interpolate_tree(
     on_error: Callable[[tuple[str | int, ...], str], None],
     path: tuple[str | int, ...] = (),
 ) -> Any:
-    """A copy of ``data`` with every string value substituted.
+    """``data`` with every string value substituted.
 
     Each failure is passed to ``on_error(path, message)`` and the value is left
-    as None, so that every problem in a document is found in one pass.
+    as None, so that every problem in a document is found in one pass. Nothing
+    is changed in place: a mapping or list with a substituted value somewhere
+    inside is a new one, and any other is returned as it was (no copy).
     """
     if isinstance(data, str):
+        if "$" not in data:
+            return data
         try:
             return interpolate(data, environ)
         except InterpolationError as e:
             on_error(path, str(e))
             return None
     if isinstance(data, dict):
-        return {k: interpolate_tree(v, environ, on_error, (*path, k)) for k, v in data.items()}
+        changed: dict[Any, Any] | None = None
+        for k, v in data.items():
+            if type(v) is str and "$" not in v:  # the common case, without a call
+                continue
+            new = interpolate_tree(v, environ, on_error, (*path, k))
+            if new is not v:
+                if changed is None:
+                    changed = dict(data)
+                changed[k] = new
+        return data if changed is None else changed
     if isinstance(data, list):
-        return [interpolate_tree(v, environ, on_error, (*path, i)) for i, v in enumerate(data)]
+        items = [interpolate_tree(v, environ, on_error, (*path, i)) for i, v in enumerate(data)]
+        return data if all(new is old for new, old in zip(items, data, strict=True)) else items
     return data

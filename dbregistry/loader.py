@@ -27,6 +27,7 @@ from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig
 from .sources import (
     Merged,
     Origin,
+    Origins,
     Precedence,
     base_layer,
     collect_layers,
@@ -52,12 +53,12 @@ class LoadedConfig:
     """A validated configuration and where each of its values came from."""
 
     config: RegistryConfig
-    merged: Merged
+    origins: Origins
     source: str
     profile: str | None = None
 
     def origin(self, path: PathKey) -> Origin:
-        return self.merged.origin(path)
+        return self.origins.of(path)
 
 
 @dataclass(slots=True)
@@ -129,7 +130,7 @@ def load_config(
         _validate_other_profiles(document, selected, variables, found)
     if found.problems or config is None:
         raise ConfigError(_unique(found.problems), origin=source)
-    return LoadedConfig(config=config, merged=merged, source=source, profile=selected)
+    return LoadedConfig(config=config, origins=merged.origins, source=source, profile=selected)
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:
@@ -282,7 +283,7 @@ def _apply_password_files(merged: Merged, found: _Collector) -> None:
         url_origin = merged.origin(("databases", name, "url"))
         if url.password is not None and url_origin.precedence > Precedence.SECRET_FILE:
             continue
-        entry["url"] = url.set(password=password)
+        merged.set(("databases", name, "url"), url.set(password=password))
 
 
 # -- validation -------------------------------------------------------------------

@@ -21,7 +21,7 @@ from .poolers import derived_direct_url
 from .poolers import detect as detect_pooler
 from .poolevents import attach_pool_logging
 from .schema import DatabaseConfig, RegistryConfig
-from .sources import Merged, Origin
+from .sources import Origin, Origins
 from .yamlfile import DEFAULT_LIMITS, Limits, YamlDocument, load_yaml_file
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class Registry:
 
     def __init__(self, config: RegistryConfig | LoadedConfig) -> None:
         if isinstance(config, RegistryConfig):
-            config = LoadedConfig(config=config, merged=Merged(), source="RegistryConfig")
+            config = LoadedConfig(config=config, origins=Origins(), source="RegistryConfig")
         self._loaded = config
         self._databases: Mapping[str, DatabaseConfig] = config.config.databases
         self._default = config.config.default

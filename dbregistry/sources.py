@@ -21,13 +21,14 @@ from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSou
 from pydantic_settings.sources.utils import parse_env_vars
 
 from .schema import DatabaseConfig
-from .yamlfile import PathKey, YamlDocument
+from .yamlfile import PathKey, YamlDocument, line_of
 
 __all__ = [
     "ENV_PREFIX",
     "Layer",
     "Merged",
     "Origin",
+    "Origins",
     "Precedence",
     "collect_layers",
     "env_var_for",
@@ -81,28 +82,68 @@ class Layer:
 
 
 @dataclass(slots=True)
-class Merged:
-    """The merged data, and for every path the layer that set it last."""
+class Origins:
+    """Where each merged value came from, kept after the merged data itself is gone.
 
-    data: dict[str, Any] = field(default_factory=dict)
-    setters: dict[PathKey, Layer] = field(default_factory=dict)
+    A layer is recorded at the top of what it put in place (a whole subtree when
+    nothing lower had that mapping), so a loaded file of 10,000 databases needs a
+    handful of entries here; a path's origin is its own entry's, else its
+    closest recorded parent's, asked of that layer's ``origin_of``.
+    """
 
-    def origin(self, path: PathKey) -> Origin:
+    setters: dict[PathKey, Callable[[PathKey], Origin]] = field(default_factory=dict)
+
+    def of(self, path: PathKey) -> Origin:
         """The origin of the value at ``path`` (or of its closest set parent)."""
         probe = path
         while probe:
-            layer = self.setters.get(probe)
-            if layer is not None:
-                return layer.origin_of(path)
+            origin_of = self.setters.get(probe)
+            if origin_of is not None:
+                return origin_of(path)
             probe = probe[:-1]
         return DEFAULT_ORIGIN
+
+
+@dataclass(slots=True)
+class Merged:
+    """The merged data, and the origin of every path in it.
+
+    The data shares its values with the layers: a mapping of a layer is copied
+    only when a higher layer merges into it (copy on write, see ``_own``), so
+    no layer's data is ever changed and one large layer is never copied at all.
+    """
+
+    data: dict[str, Any] = field(default_factory=dict)
+    origins: Origins = field(default_factory=Origins)
+    # ids of the mappings in `data` that were copied here and may be changed in place.
+    # Every layer's data outlives the merge, so no id here can be reused by one of theirs.
+    _owned: set[int] = field(default_factory=set)
+
+    def origin(self, path: PathKey) -> Origin:
+        """The origin of the value at ``path`` (or of its closest set parent)."""
+        return self.origins.of(path)
+
+    def set(self, path: tuple[str, ...], value: Any) -> None:
+        """Set the value at ``path`` (whose parents are mappings), copying any shared parent first."""
+        target = self.data
+        for key in path[:-1]:
+            target = self._own(target, key)
+        target[path[-1]] = value
+
+    def _own(self, parent: dict[str, Any], key: str) -> dict[str, Any]:
+        child: dict[str, Any] = parent[key]
+        if id(child) not in self._owned:
+            child = parent[key] = dict(child)
+            self._owned.add(id(child))
+        return child
 
 
 def merge(layers: list[Layer]) -> Merged:
     """Merge layers lowest first; mappings merge key by key, anything else is replaced."""
     merged = Merged()
+    merged._owned.add(id(merged.data))
     for layer in sorted(layers, key=lambda item: item.precedence):
-        _merge_into(merged.data, layer.data, layer, (), merged.setters)
+        _merge_into(merged, merged.data, layer.data, layer.origin_of, ())
     return merged
 
 
@@ -110,42 +151,35 @@ _FIELD_DEPTH = 3  # databases.<name>.<field>
 
 
 def _merge_into(
+    merged: Merged,
     target: dict[str, Any],
     source: Mapping[str, Any],
-    layer: Layer,
+    origin_of: Callable[[PathKey], Origin],
     path: PathKey,
-    setters: dict[PathKey, Layer],
 ) -> None:
+    setters = merged.origins.setters
     for key, value in source.items():
         here = (*path, key)
         if value is None and len(here) >= _FIELD_DEPTH:
             # `pool_size: null` in an overlay unsets what a lower layer set.
             target.pop(key, None)
-            setters[here] = layer
+            setters[here] = origin_of
             continue
         if isinstance(value, Mapping) and isinstance(target.get(key), dict):
-            setters.setdefault(here, layer)
-            _merge_into(target[key], value, layer, here, setters)
+            # The mapping keeps the origin it has (found through its parents); only
+            # what this layer puts inside it is recorded.
+            _merge_into(merged, merged._own(target, key), value, origin_of, here)
             continue
-        target[key] = _copy(value)
-        for stale in [p for p in setters if p[: len(here)] == here]:
+        target[key] = value if isinstance(value, dict) or not isinstance(value, Mapping) else _as_dicts(value)
+        depth = len(here)
+        for stale in [p for p in setters if len(p) > depth and p[:depth] == here]:
             del setters[stale]
-        setters[here] = layer
-        _record(value, layer, here, setters)
+        setters[here] = origin_of
 
 
-def _record(value: Any, layer: Layer, path: PathKey, setters: dict[PathKey, Layer]) -> None:
+def _as_dicts(value: Any) -> Any:
     if isinstance(value, Mapping):
-        for key, item in value.items():
-            setters[(*path, key)] = layer
-            _record(item, layer, (*path, key), setters)
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
+        return {k: _as_dicts(v) for k, v in value.items()}
     return value
 
 
@@ -183,10 +217,14 @@ def profile_layer(document: YamlDocument, profile: str, precedence: Precedence) 
 def document_origin(document: YamlDocument, precedence: Precedence) -> Callable[[PathKey], Origin]:
     """Where a path of the document was written: file and line, or just the source for a mapping."""
 
+    file = document.file
+    if not document.from_file:
+        whole = Origin(precedence, file)
+        return lambda path: whole
+    lines = document.lines  # not the document: its data need not outlive the load
+
     def origin(path: PathKey) -> Origin:
-        if not document.from_file:
-            return Origin(precedence, document.file)
-        return Origin(precedence, document.file, document.file, document.line_of(path))
+        return Origin(precedence, file, file, line_of(lines, path))
 
     return origin
 

@@ -1,45 +1,64 @@
 """Safe YAML reading that keeps the line of every key and refuses hostile input.
 
 PyYAML's loaders lose line numbers, keep the last of two duplicate keys without a
-word, and expand aliases without bound. Here the document is composed by
-libyaml (the C parser, ~9x faster than the pure-Python one, when PyYAML has it)
-and built by a small walker that:
+word, and expand aliases without bound. Here libyaml (the C parser, ~9x faster
+than the pure-Python one, when PyYAML has it) produces the parser's events, and a
+small builder turns them straight into data, without composing a node graph
+(which costs more than the data itself and is what makes ``yaml.load`` slow and
+large on big files). It:
 
-* records the line of every key, by path (``("databases", "replica", "pool_size") -> 7``);
+* records the line of every key, per mapping (``lines[("databases", "replica")]["pool_size"] -> 7``);
 * refuses duplicate keys, naming both lines;
 * accepts only the standard YAML tags (no ``!!python/...``, no custom tags) and
   never constructs anything but plain dicts, lists and scalars;
-* refuses alias and merge-key bombs before expanding them, recursive aliases,
-  oversized files and absurd nesting.
+* refuses alias and merge-key bombs by counting, without expanding them;
+  recursive aliases, oversized files and absurd nesting too.
 """
 
 from __future__ import annotations
 
+import gc
+import itertools
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from sys import intern
 from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+from yaml.nodes import ScalarNode
 
 from .errors import ConfigError, Problem
 
-__all__ = ["DEFAULT_LIMITS", "Limits", "YamlDocument", "load_yaml_file", "load_yaml_text"]
+__all__ = ["DEFAULT_LIMITS", "Limits", "YamlDocument", "line_of", "load_yaml_file", "load_yaml_text"]
 
 PathKey = tuple[str | int, ...]
+# The line of every key, by the path of its mapping: {("databases", "replica"): {"pool_size": 7, ...}}.
+# One small dict per mapping instead of a path per key: a third of the memory for a large file.
+Lines = dict[PathKey, dict[str, int]]
+# The parser's events, dispatched on their exact class (``type(event) is ScalarEvent``),
+# which the type stubs cannot follow.
+Event = Any
 
 _LOADER: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {f"{_TAG}{t}" for t in ("str", "int", "float", "bool", "null", "timestamp")}
-_MERGE_TAG = f"{_TAG}merge"
+_STR_TAG = f"{_TAG}str"
+_INT_TAG = f"{_TAG}int"
+_NULL_TAG = f"{_TAG}null"
 _MAP_TAG = f"{_TAG}map"
 _SEQ_TAG = f"{_TAG}seq"
-# More brackets than this and the flow nesting is measured before libyaml composes
-# the document: its composer recurses in C and crashes on very deep flow input.
-_BRACKETS_WITHOUT_SCAN = 1000
+_NOT_A_MERGE_SOURCE = "a merge key (<<) must refer to a mapping"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +79,25 @@ class YamlDocument:
 
     data: dict[str, Any]
     file: str
-    lines: dict[PathKey, int] = field(default_factory=dict)
+    lines: Lines = field(default_factory=dict)
     from_file: bool = True
 
     def line_of(self, path: PathKey) -> int | None:
         """The line of ``path``, or of its closest written parent."""
-        while path:
-            line = self.lines.get(path)
+        return line_of(self.lines, path)
+
+
+def line_of(lines: Lines, path: PathKey) -> int | None:
+    """The line of ``path`` in ``lines``, or of its closest written parent."""
+    while path:
+        parent = path[:-1]
+        keys = lines.get(parent)
+        if keys is not None:
+            line = keys.get(path[-1])  # type: ignore[arg-type]  # an int index is simply not found
             if line is not None:
                 return line
-            path = path[:-1]
-        return None
+        path = parent
+    return None
 
 
 def load_yaml_file(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> YamlDocument:
@@ -109,11 +136,16 @@ def load_yaml_text(text: str, file: str = "<string>", limits: Limits = DEFAULT_L
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise _error(file, "contains a NUL character; is it a binary file?", line)
-    if text.count("[") + text.count("{") > _BRACKETS_WITHOUT_SCAN:
-        _check_flow_depth(text, file, limits)
+    loader = _LOADER(text)
+    builder = _Builder(loader, file, limits)
     syntax_error: ConfigError | None = None
+    collecting = gc.isenabled()
+    # A large document is hundreds of thousands of young objects that all survive:
+    # the cyclic collector would rescan them again and again (superlinear; 10,000
+    # databases took 3 s with it on, 0.5 s off). Nothing built here can form a cycle.
+    gc.disable()
     try:
-        root = yaml.compose(text, Loader=_LOADER)
+        data = builder.document()
     except yaml.MarkedYAMLError as e:
         # e.problem/e.context only: str(e) quotes the offending line, which may hold a password.
         mark = e.problem_mark or e.context_mark
@@ -121,16 +153,12 @@ def load_yaml_text(text: str, file: str = "<string>", limits: Limits = DEFAULT_L
         syntax_error = _error(file, f"is not valid YAML: {what}", mark.line + 1 if mark is not None else None)
     except yaml.YAMLError as e:
         syntax_error = _error(file, f"is not valid YAML: {type(e).__name__}")
+    finally:
+        if collecting:
+            gc.enable()
+        loader.dispose()
     if syntax_error is not None:
         raise syntax_error  # outside the except block: no __context__ holding the parser's error
-    if root is None or (isinstance(root, ScalarNode) and root.tag == f"{_TAG}null"):
-        raise _error(file, "the file is empty; declare at least `databases:`", 1)
-    if not isinstance(root, MappingNode):
-        kind = "a list" if isinstance(root, SequenceNode) else "a single value"
-        raise _error(file, f"the top level must be a mapping (`databases: ...`), got {kind}", root.start_mark.line + 1)
-    builder = _Builder(file, limits)
-    builder.check_size(root)
-    data = builder.build(root, (), 0)
     if builder.problems:
         raise ConfigError(builder.problems, origin=file)
     return YamlDocument(data=data, file=file, lines=builder.lines)
@@ -140,136 +168,321 @@ def _error(file: str, message: str, line: int | None = None) -> ConfigError:
     return ConfigError([Problem("", message, source=file, file=file, line=line)], origin=file)
 
 
-def _check_flow_depth(text: str, file: str, limits: Limits) -> None:
-    depth = 0
-    try:
-        for event in yaml.parse(text, Loader=_LOADER):
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > limits.max_depth:
-                    line = event.start_mark.line + 1 if event.start_mark is not None else None
-                    raise _error(file, f"nesting is deeper than {limits.max_depth} levels", line)
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
-    except yaml.YAMLError:
-        return  # compose() reports the syntax error with its line
+def _line(event: Event) -> int:
+    return int(event.start_mark.line) + 1
+
+
+@dataclass(slots=True)
+class _Anchor:
+    """What an ``&anchor`` names: its value, its size in nodes, and the lines of its keys."""
+
+    line: int
+    value: Any = None
+    size: int = 1
+    open: bool = True
+    text: str | None = None  # an anchored scalar's text, for an alias used as a key
+    lines: list[tuple[PathKey, dict[str, int]]] = field(default_factory=list)  # paths relative to the anchored node
+
+
+# A merge source: the mapping, and its lines at their merged paths.
+_Merge = tuple[dict[str, Any], Lines]
 
 
 class _Builder:
-    """Turns a composed node graph into plain Python data, checking as it goes."""
+    """Builds plain Python data straight from the parser's events, checking as it goes.
 
-    def __init__(self, file: str, limits: Limits) -> None:
+    No node graph is composed: each event is turned into its value and dropped,
+    so a large file costs little more than its data. Aliases share the anchored
+    value (as ``yaml.safe_load`` does); their size in nodes is counted, so that a
+    bomb is refused without expanding it.
+    """
+
+    def __init__(self, loader: Any, file: str, limits: Limits) -> None:
         self.file = file
         self.limits = limits
-        self.lines: dict[PathKey, int] = {}
+        self.lines: Lines = {}
         self.problems: list[Problem] = []
+        self.anchors: dict[str, _Anchor] = {}
+        self._next = loader.get_event
+        self._resolve = loader.resolve
+        # First characters that some implicit type (int, bool, null, ...) can start with.
+        self._typed_start = frozenset(loader.yaml_implicit_resolvers)
         self._constructor = SafeConstructor()
 
-    def problem(self, path: PathKey, message: str, node: Node) -> None:
+    def problem(self, path: PathKey, message: str, event: Event) -> None:
         self.problems.append(
-            Problem(
-                ".".join(map(str, path)),
-                message,
-                source=self.file,
-                file=self.file,
-                line=node.start_mark.line + 1,
-            )
+            Problem(".".join(map(str, path)), message, source=self.file, file=self.file, line=_line(event))
         )
 
-    def check_size(self, root: Node) -> None:
-        """Refuse alias bombs and recursive aliases before expanding anything."""
-        sizes: dict[int, int] = {}
-        active: set[int] = set()
+    def document(self) -> dict[str, Any]:
+        self._next()  # stream start
+        event = self._next()
+        if type(event) is StreamEndEvent:
+            raise _error(self.file, "the file is empty; declare at least `databases:`", 1)
+        first = self._next()  # the document start came first; this is the root
+        kind = type(first)
+        if kind is ScalarEvent and self._tag(first) == _NULL_TAG:
+            raise _error(self.file, "the file is empty; declare at least `databases:`", 1)
+        if kind is not MappingStartEvent:
+            what = "a list" if kind is SequenceStartEvent else "a single value"
+            raise _error(self.file, f"the top level must be a mapping (`databases: ...`), got {what}", _line(first))
+        data, _ = self.node(first, (), 0)
+        self._next()  # document end
+        event = self._next()
+        if type(event) is not StreamEndEvent:
+            raise _error(
+                self.file,
+                "is not valid YAML: expected a single document in the stream; but found another document",
+                _line(event),
+            )
+        return data if isinstance(data, dict) else {}
 
-        def size(node: Node) -> int:
-            key = id(node)
-            if key in sizes:
-                return sizes[key]
-            if key in active:
-                raise _error(self.file, "an alias refers to itself (recursive structure)", node.start_mark.line + 1)
-            active.add(key)
-            total = 1
-            if isinstance(node, MappingNode):
-                total += sum(size(k) + size(v) for k, v in node.value)
-            elif isinstance(node, SequenceNode):
-                total += sum(size(v) for v in node.value)
-            active.discard(key)
-            sizes[key] = total
-            if total > self.limits.max_nodes:
-                raise _error(
-                    self.file,
-                    f"expands to more than {self.limits.max_nodes:,} values (an alias or merge-key bomb?)",
-                    node.start_mark.line + 1,
-                )
-            return total
+    # -- nodes ------------------------------------------------------------------------
 
-        size(root)
-
-    def build(self, node: Node, path: PathKey, depth: int) -> Any:
+    def node(self, event: Event, path: PathKey, depth: int) -> tuple[Any, int]:
+        """The value of the node that starts with ``event``, and its size in nodes."""
+        kind = type(event)
+        if kind is AliasEvent:
+            anchor = self.alias(event)
+            for relative, keys in anchor.lines:
+                self.lines[(*path, *relative)] = keys
+            return anchor.value, anchor.size
         if depth > self.limits.max_depth:
-            self.problem(path, f"nesting is deeper than {self.limits.max_depth} levels", node)
-            return None
-        if isinstance(node, MappingNode):
-            if node.tag != _MAP_TAG:
-                self.problem(path, _tag_message(node.tag), node)
-                return None
-            return self.build_mapping(node, path, depth)
-        if isinstance(node, SequenceNode):
-            if node.tag != _SEQ_TAG:
-                self.problem(path, _tag_message(node.tag), node)
-                return None
-            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
-        assert isinstance(node, ScalarNode)
-        if node.tag not in _SCALAR_TAGS:
-            self.problem(path, _tag_message(node.tag), node)
-            return None
-        if node.tag == f"{_TAG}str":
-            return node.value
-        try:
-            return self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, OverflowError):
-            self.problem(path, f"cannot read this value as {node.tag.removeprefix(_TAG)}", node)
-            return None
+            self.problem(path, f"nesting is deeper than {self.limits.max_depth} levels", event)
+            return None, self.skip(event)
+        name = event.anchor
+        if kind is ScalarEvent:
+            value = self.scalar(event, path)
+            if name is not None:
+                self.define(name, event, value, event.value)
+            return value, 1
+        tag = event.tag
+        expected = _MAP_TAG if kind is MappingStartEvent else _SEQ_TAG
+        if tag is not None and tag not in ("!", expected):
+            self.problem(path, _tag_message(tag), event)
+            return None, self.skip(event)
+        defined = self.define(name, event, open=True) if name is not None else None
+        mark = len(self.lines)
+        if kind is MappingStartEvent:
+            value, size = self.mapping(path, depth)
+        else:
+            value, size = self.sequence(path, depth)
+        if size > self.limits.max_nodes:
+            raise self.bomb(event)
+        if defined is not None:
+            defined.value, defined.size, defined.open = value, size, False
+            added = len(self.lines) - mark
+            if added:
+                cut = len(path)
+                defined.lines = [(p[cut:], keys) for p, keys in itertools.islice(reversed(self.lines.items()), added)]
+        return value, size
 
-    def build_mapping(self, node: MappingNode, path: PathKey, depth: int) -> dict[str, Any]:
-        merges = [value for key, value in node.value if key.tag == _MERGE_TAG]
-        merged: dict[str, Any] = {}
-        for source in merges:
-            # Merged keys are built first so that the lines of explicit keys win.
-            for key, value in self.merge_sources(source, path, depth):
-                merged.setdefault(key, value)
+    def mapping(self, path: PathKey, depth: int) -> tuple[dict[str, Any], int]:
         result: dict[str, Any] = {}
         first_line: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:
+        self.lines[path] = first_line
+        merges: list[_Merge] = []
+        size = 1
+        while True:
+            event = self._next()
+            kind = type(event)
+            if kind is MappingEndEvent:
+                break
+            if kind is ScalarEvent:
+                size += 1
+                if event.value == "<<" and event.tag is None and event.implicit[0]:
+                    size += self.merge(self._next(), path, depth, merges)
+                    continue
+                key = intern(event.value)
+                if event.anchor is not None:
+                    self.define(event.anchor, event, key, key)
+            elif kind is AliasEvent and self.alias(event).text is not None:
+                anchor = self.alias(event)
+                size += anchor.size
+                key = intern(str(anchor.text))
+            else:
+                size += self.skip(event)
+                self.problem(path, "a key must be a plain name, not a list or mapping", event)
+                size += self.skip(self._next())
                 continue
-            if not isinstance(key_node, ScalarNode):
-                self.problem(path, "a key must be a plain name, not a list or mapping", key_node)
-                continue
-            key = str(key_node.value)
-            line = key_node.start_mark.line + 1
+            line = _line(event)
             if key in first_line:
                 self.problem(
                     (*path, key),
                     f"duplicate key {key!r} (first at line {first_line[key]}); "
                     "YAML would silently keep only the last one",
-                    key_node,
+                    event,
                 )
+                size += self.skip(self._next())
                 continue
             first_line[key] = line
-            self.lines[(*path, key)] = line
-            result[key] = self.build(value_node, (*path, key), depth + 1)
-        for key, value in merged.items():
-            result.setdefault(key, value)
-        return result
+            here = (*path, key)
+            result[key], value_size = self.node(self._next(), here, depth + 1)
+            size += value_size
+        if merges:
+            self.apply_merges(result, first_line, merges, path)
+        return result, size
 
-    def merge_sources(self, node: Node, path: PathKey, depth: int) -> Iterator[tuple[str, Any]]:
-        sources = node.value if isinstance(node, SequenceNode) else [node]
-        for source in sources:
-            if not isinstance(source, MappingNode):
-                self.problem(path, "a merge key (<<) must refer to a mapping", source)
+    def sequence(self, path: PathKey, depth: int) -> tuple[list[Any], int]:
+        result: list[Any] = []
+        size = 1
+        while True:
+            event = self._next()
+            if type(event) is SequenceEndEvent:
+                return result, size
+            value, value_size = self.node(event, (*path, len(result)), depth + 1)
+            result.append(value)
+            size += value_size
+
+    def scalar(self, event: Event, path: PathKey) -> Any:
+        tag = self._tag(event)
+        value = event.value
+        if tag == _STR_TAG:
+            return value
+        if tag == _INT_TAG and value.isdigit() and value.isascii() and (value[0] != "0" or len(value) == 1):
+            return int(value)
+        if tag == _NULL_TAG:
+            return None
+        if tag not in _SCALAR_TAGS:
+            self.problem(path, _tag_message(tag), event)
+            return None
+        node = ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError, KeyError):
+            self.problem(path, f"cannot read this value as {tag.removeprefix(_TAG)}", event)
+            return None
+
+    def _tag(self, event: Event) -> str:
+        tag: str | None = event.tag
+        if tag is not None and tag != "!":
+            return tag
+        value: str = event.value
+        if event.implicit[0] and value[:1] in self._typed_start:
+            return str(self._resolve(ScalarNode, value, event.implicit))
+        return _STR_TAG
+
+    # -- merge keys (<<) ----------------------------------------------------------------
+
+    def merge(self, event: Event, path: PathKey, depth: int, merges: list[_Merge]) -> int:
+        """The value of a ``<<`` key: a mapping, an alias of one, or a list of those."""
+        if type(event) is AliasEvent and isinstance(self.alias(event).value, list):
+            anchor = self.alias(event)
+            for i, item in enumerate(anchor.value):
+                lines = [(r[1:], keys) for r, keys in anchor.lines if r[:1] == (i,)]
+                self.merge_anchored(item, lines, path, event, merges)
+            return anchor.size
+        if type(event) is not SequenceStartEvent:
+            return self.merge_source(event, path, depth, merges)
+        size = 1
+        while type(item := self._next()) is not SequenceEndEvent:
+            size += self.merge_source(item, path, depth, merges)
+        return size
+
+    def merge_source(self, event: Event, path: PathKey, depth: int, merges: list[_Merge]) -> int:
+        kind = type(event)
+        if kind is AliasEvent:
+            anchor = self.alias(event)
+            self.merge_anchored(anchor.value, anchor.lines, path, event, merges)
+            return anchor.size
+        if kind is not MappingStartEvent:
+            self.problem(path, _NOT_A_MERGE_SOURCE, event)
+            return self.skip(event)
+        # Built at the merging mapping's own path, its lines kept aside until
+        # the explicit keys of that mapping are known: those win.
+        outer, self.lines = self.lines, {}
+        try:
+            value, size = self.node(event, path, depth)
+            lines = self.lines
+        finally:
+            self.lines = outer
+        if isinstance(value, dict):
+            merges.append((value, lines))
+        return size
+
+    def merge_anchored(
+        self, value: Any, lines: list[tuple[PathKey, dict[str, int]]], path: PathKey, event: Event, merges: list[_Merge]
+    ) -> None:
+        if isinstance(value, dict):
+            merges.append((value, {(*path, *relative): keys for relative, keys in lines}))
+        else:
+            self.problem(path, _NOT_A_MERGE_SOURCE, event)
+
+    def apply_merges(
+        self, result: dict[str, Any], first_line: dict[str, int], merges: list[_Merge], path: PathKey
+    ) -> None:
+        """Merged keys fill in what the mapping does not set itself; an earlier source beats a later one."""
+        supplier: dict[str, int] = {}
+        for i, (source, _) in enumerate(merges):
+            for key, value in source.items():
+                if key not in result:
+                    result[key] = value
+                    supplier[key] = i
+        cut = len(path)
+        for i, (_, lines) in enumerate(merges):
+            for parent, keys in lines.items():
+                if len(parent) == cut:  # the source's own keys
+                    first_line.update((key, line) for key, line in keys.items() if supplier.get(key) == i)
+                elif supplier.get(str(parent[cut])) == i:
+                    self.lines[parent] = keys
+
+    # -- anchors, aliases and skipped nodes -----------------------------------------------
+
+    def define(
+        self, name: str, event: Event, value: Any = None, text: str | None = None, *, open: bool = False
+    ) -> _Anchor:
+        first = self.anchors.get(name)
+        if first is not None:
+            raise _error(
+                self.file,
+                f"is not valid YAML: found duplicate anchor &{name} (first at line {first.line})",
+                _line(event),
+            )
+        anchor = self.anchors[name] = _Anchor(_line(event), value, 1, open, text)
+        return anchor
+
+    def alias(self, event: Event) -> _Anchor:
+        anchor = self.anchors.get(event.anchor)
+        if anchor is None:
+            raise _error(self.file, "is not valid YAML: found undefined alias", _line(event))
+        if anchor.open:
+            raise _error(self.file, "an alias refers to itself (recursive structure)", anchor.line)
+        return anchor
+
+    def skip(self, event: Event) -> int:
+        """Consume a node that is not built (refused or unreachable); its size in nodes."""
+        kind = type(event)
+        if kind is AliasEvent:
+            return self.alias(event).size
+        start = event
+        depth = 0 if kind is ScalarEvent else 1
+        size = 1
+        if event.anchor is not None:
+            self.define(event.anchor, event)
+        while depth:
+            event = self._next()
+            kind = type(event)
+            if kind is MappingEndEvent or kind is SequenceEndEvent:
+                depth -= 1
                 continue
-            yield from self.build_mapping(source, path, depth).items()
+            if kind is AliasEvent:
+                size += self.alias(event).size
+                continue
+            size += 1
+            if kind is not ScalarEvent:
+                depth += 1
+            if event.anchor is not None:
+                self.define(event.anchor, event)
+        if size > self.limits.max_nodes:
+            raise self.bomb(start)
+        return size
+
+    def bomb(self, event: Event) -> ConfigError:
+        return _error(
+            self.file,
+            f"expands to more than {self.limits.max_nodes:,} values (an alias or merge-key bomb?)",
+            _line(event),
+        )
 
 
 def _tag_message(tag: str) -> str:

@@ -34,7 +34,6 @@ from .sources import (
     document_origin,
     merge,
     profile_layer,
-    read_env_file,
 )
 from .urls import parse_url
 from .yamlfile import PathKey, YamlDocument
@@ -102,6 +101,8 @@ def load_config(
     if env_file is not None:
         dotenv_label = f" (from {os.fspath(env_file)})"
         if Path(env_file).is_file():
+            from .envsettings import read_env_file  # noqa: PLC0415  (pydantic-settings: only when there is a file)
+
             dotenv = read_env_file(env_file)
         elif env_file_required:
             found.add(

@@ -2,25 +2,19 @@
 
 Each source is a `Layer`: plain data plus a way to say where any of its values
 came from. Environment variables and ``.env`` files are read by
-pydantic-settings (``DBREGISTRY_`` prefix, ``__`` nesting, JSON for mappings);
-the conventional ``DATABASE_URL`` / ``<NAME>_DATABASE_URL`` variables are one
+pydantic-settings (``DBREGISTRY_`` prefix, ``__`` nesting, JSON for mappings;
+see `envsettings`); the conventional ``DATABASE_URL`` / ``<NAME>_DATABASE_URL`` variables are one
 small source of their own. `collect_layers` states the precedence, once.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from pathlib import Path
 from typing import Any
 
-from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SettingsConfigDict
-from pydantic_settings.sources.utils import parse_env_vars
-
-from .schema import DatabaseConfig
 from .yamlfile import PathKey, YamlDocument, line_of
 
 __all__ = [
@@ -33,12 +27,11 @@ __all__ = [
     "collect_layers",
     "env_var_for",
     "merge",
-    "read_env_file",
     "url_variable",
 ]
 
 ENV_PREFIX = "DBREGISTRY_"
-_NESTING = "__"
+NESTING = "__"  # DBREGISTRY_DATABASES__REPLICA__POOL_SIZE
 
 
 class Precedence(IntEnum):
@@ -232,44 +225,9 @@ def document_origin(document: YamlDocument, precedence: Precedence) -> Callable[
 # -- environment variables and .env files ------------------------------------------
 
 
-class _EnvSchema(BaseSettings):
-    """The shape pydantic-settings reads ``DBREGISTRY_*`` variables into."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=_NESTING, case_sensitive=False)
-
-    default: str | None = None
-    databases: dict[str, DatabaseConfig] = {}
-    log_pool_events: bool | None = None
-
-
-class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source, reading a given mapping instead of os.environ."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(_EnvSchema)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(self._environ, case_sensitive=False)
-
-    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
-        # A value that is not JSON is kept as text, so that validation reports
-        # it against its variable instead of pydantic-settings failing the lot.
-        try:
-            return super().decode_complex_value(field_name, field, value)
-        except ValueError:
-            return value
-
-
-def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The variables of a ``.env`` file, as pydantic-settings (python-dotenv) reads them."""
-    source = DotEnvSettingsSource(_EnvSchema, env_file=Path(path), case_sensitive=True)
-    return {k: v for k, v in source.env_vars.items() if v is not None}
-
-
 def env_var_for(path: PathKey) -> str:
     """``("databases", "replica", "pool_size")`` -> ``DBREGISTRY_DATABASES__REPLICA__POOL_SIZE``."""
-    return ENV_PREFIX + _NESTING.join(str(p) for p in path).upper()
+    return ENV_PREFIX + NESTING.join(str(p) for p in path).upper()
 
 
 def url_variable(name: str) -> str:
@@ -284,7 +242,13 @@ def prefixed_env_layer(environ: Mapping[str, str], precedence: Precedence, label
     declared name of any case (``..._REPORTING__...`` sets ``Reporting``).
     """
     names = {k.upper(): k for k in environ if k.upper().startswith(ENV_PREFIX)}
-    data = _MappingEnvSource(environ)() if names else {}
+    data: dict[str, Any] = {}
+    if names:
+        # pydantic-settings is imported only now: ~20 ms that a cold start without
+        # DBREGISTRY_* variables does not pay.
+        from .envsettings import read_prefixed  # noqa: PLC0415
+
+        data = read_prefixed(environ)
     databases = data.get("databases")
     if isinstance(databases, dict):
         casing = {name.lower(): name for name in declared}

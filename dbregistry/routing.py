@@ -54,7 +54,7 @@ from .errors import RegistryClosedError, UnknownDatabaseError
 from .urls import dialect_of, mask
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine, ExceptionContext
+    from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from .registry import Registry
@@ -158,22 +158,31 @@ class _Replica:
         self.next_check = math.inf
 
 
+_UNUSED_COUNTER = itertools.count()
+
+
 class _Route:
     """Where the reads of one database go: its replicas and the precomputed cycle of the healthy ones."""
 
-    __slots__ = ("active", "announced", "counter", "name", "next_check", "probing", "replicas", "root", "url")
+    __slots__ = ("active", "announced", "counter", "db_url", "name", "next_check", "probing", "replicas", "root")
 
-    def __init__(self, name: str, root: str, url: str, replicas: tuple[_Replica, ...]) -> None:
+    def __init__(self, name: str, root: str, db_url: URL, replicas: tuple[_Replica, ...]) -> None:
         self.name = name
         self.root = root
-        self.url = url
+        self.db_url = db_url
         self.replicas = replicas
         self.active: tuple[str, ...] = weighted_order([(r.name, r.weight) for r in replicas])
-        self.counter = itertools.count()
+        # A route without replicas never counts (its active tuple stays empty): one shared counter.
+        self.counter = itertools.count() if replicas else _UNUSED_COUNTER
         self.probing = False
         self.announced = False
         # 0.0: the first reader() call takes the slow path once (announcements, first lag check).
         self.next_check = 0.0
+
+    @property
+    def url(self) -> str:
+        """The masked URL, for messages (rendered when one is written, not for every declared database)."""
+        return mask(self.db_url)
 
 
 _Messages = list[tuple[int, str]]
@@ -222,7 +231,7 @@ class Router:
                 replicas_of.setdefault(db.replica_of, []).append(replica)
                 self._replicas[name] = replica
         for name, db in databases.items():
-            self._routes[name] = _Route(name, _root(name, databases), mask(db.url), tuple(replicas_of.get(name, ())))
+            self._routes[name] = _Route(name, _root(name, databases), db.url, tuple(replicas_of.get(name, ())))
         if registry.default is not None and registry.default in self._routes:
             self._routes[None] = self._routes[registry.default]
         _ROUTERS.add(self)

@@ -169,12 +169,13 @@ class CloseError(DBRegistryError, ExceptionGroup[Exception]):
 
 
 # scheme://user:password@ ; the literal placeholder "password" of the hints is kept.
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)@")
+# scheme://user:password@ and the scheme-less //user:password@ (a URL with a typo in its scheme).
+_URL_PASSWORD = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.-]*:)?//[^:/@\s]*:)([^@\s]+)@")
 
 
 def redact(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@`` in it shown as ``***``."""
-    if "://" not in text:
+    if "//" not in text:
         return text
     return _URL_PASSWORD.sub(lambda m: m[0] if m[2] in ("password", "***") else f"{m[1]}***@", text)
 

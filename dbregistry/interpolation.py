@@ -50,13 +50,25 @@ def interpolate(value: str, environ: Mapping[str, str]) -> str:
     return _PATTERN.sub(replace, value)
 
 
+def _shown(expression: str) -> str:
+    """The expression as an error may quote it: cut before anything that may be a credential.
+
+    A broken ``${...}`` is often a URL default with a typo; an ``@`` means the
+    text may hold ``user:password@``, in a form ``redact`` cannot always see.
+    """
+    if "@" not in expression:
+        return expression
+    name = re.match(r"[A-Za-z0-9_]*", expression)
+    return f"{name[0] if name else ''}...(not shown: it holds an '@')"
+
+
 def _evaluate(expression: str, environ: Mapping[str, str]) -> str:
     if expression.startswith("file:"):
         return _read_file(expression.removeprefix("file:"))
     match = _EXPRESSION.match(expression)
     if match is None:
         raise InterpolationError(
-            f"'${{{expression}}}' is not a valid substitution; "
+            f"'${{{_shown(expression)}}}' is not a valid substitution; "
             "use ${VAR}, ${VAR:-default}, ${VAR:?message} or ${file:/path}"
         )
     name, op, arg = match.group("name", "op", "arg")

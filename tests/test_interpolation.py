@@ -44,6 +44,11 @@ def test_forms(text: str, expected: str) -> None:
         ),
         ("${$(rm -rf /)}", "'${$(rm -rf /)}' is not a valid substitution"),
         ("${HOST", "unterminated '${': close it with '}' or write '$${' for a literal '${'"),
+        (
+            # A URL default with its ':-' lost: the text after the name may be credentials.
+            "${NEON_URL//app:s3cret@ep-1-pooler.neon.tech/db}",
+            "'${NEON_URL...(not shown: it holds an '@')}' is not a valid substitution",
+        ),
     ],
 )
 def test_errors(text: str, message: str) -> None:

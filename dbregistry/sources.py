@@ -214,10 +214,10 @@ def document_origin(document: YamlDocument, precedence: Precedence) -> Callable[
     if not document.from_file:
         whole = Origin(precedence, file)
         return lambda path: whole
-    lines = document.lines  # not the document: its data need not outlive the load
+    lines, links = document.lines, document.links  # not the document: its data need not outlive the load
 
     def origin(path: PathKey) -> Origin:
-        return Origin(precedence, file, file, line_of(lines, path))
+        return Origin(precedence, file, file, line_of(lines, path, links))
 
     return origin
 

@@ -18,7 +18,6 @@ large on big files). It:
 from __future__ import annotations
 
 import gc
-import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,9 @@ PathKey = tuple[str | int, ...]
 # The line of every key, by the path of its mapping: {("databases", "replica"): {"pool_size": 7, ...}}.
 # One small dict per mapping instead of a path per key: a third of the memory for a large file.
 Lines = dict[PathKey, dict[str, int]]
+# Where an alias (or a merged alias's key) was used -> where its anchored node was written.
+# An alias costs one entry here instead of a copy of every line below its anchor.
+Links = dict[PathKey, PathKey]
 # The parser's events, dispatched on their exact class (``type(event) is ScalarEvent``),
 # which the type stubs cannot follow.
 Event = Any
@@ -81,14 +83,18 @@ class YamlDocument:
     file: str
     lines: Lines = field(default_factory=dict)
     from_file: bool = True
+    links: Links = field(default_factory=dict)
 
     def line_of(self, path: PathKey) -> int | None:
         """The line of ``path``, or of its closest written parent."""
-        return line_of(self.lines, path)
+        return line_of(self.lines, path, self.links)
 
 
-def line_of(lines: Lines, path: PathKey) -> int | None:
-    """The line of ``path`` in ``lines``, or of its closest written parent."""
+def line_of(lines: Lines, path: PathKey, links: Links | None = None) -> int | None:
+    """The line of ``path`` in ``lines``, or of its closest written parent.
+
+    Below an alias, the path is followed into the anchored node (``links``).
+    """
     while path:
         parent = path[:-1]
         keys = lines.get(parent)
@@ -96,6 +102,14 @@ def line_of(lines: Lines, path: PathKey) -> int | None:
             line = keys.get(path[-1])  # type: ignore[arg-type]  # an int index is simply not found
             if line is not None:
                 return line
+        if links:
+            for end in range(len(parent), 0, -1):
+                target = links.get(parent[:end])
+                if target is not None:
+                    line = line_of(lines, target + path[end:], links)
+                    if line is not None:
+                        return line
+                    break
         path = parent
     return None
 
@@ -161,7 +175,7 @@ def load_yaml_text(text: str, file: str = "<string>", limits: Limits = DEFAULT_L
         raise syntax_error  # outside the except block: no __context__ holding the parser's error
     if builder.problems:
         raise ConfigError(builder.problems, origin=file)
-    return YamlDocument(data=data, file=file, lines=builder.lines)
+    return YamlDocument(data=data, file=file, lines=builder.lines, links=builder.links)
 
 
 def _error(file: str, message: str, line: int | None = None) -> ConfigError:
@@ -174,18 +188,24 @@ def _line(event: Event) -> int:
 
 @dataclass(slots=True)
 class _Anchor:
-    """What an ``&anchor`` names: its value, its size in nodes, and the lines of its keys."""
+    """What an ``&anchor`` names: its value, its size in nodes, and where it was written."""
 
     line: int
+    path: PathKey
     value: Any = None
     size: int = 1
     open: bool = True
     text: str | None = None  # an anchored scalar's text, for an alias used as a key
-    lines: list[tuple[PathKey, dict[str, int]]] = field(default_factory=list)  # paths relative to the anchored node
 
 
-# A merge source: the mapping, and its lines at their merged paths.
-_Merge = tuple[dict[str, Any], Lines]
+@dataclass(slots=True)
+class _Merge:
+    """One source of a ``<<`` key: the mapping, and where the lines of its keys are."""
+
+    value: dict[str, Any]
+    anchor: PathKey | None  # an alias: the anchored mapping's path, whose lines serve
+    lines: Lines = field(default_factory=dict)  # written inline: its lines, at the merged paths
+    links: Links = field(default_factory=dict)
 
 
 class _Builder:
@@ -193,14 +213,17 @@ class _Builder:
 
     No node graph is composed: each event is turned into its value and dropped,
     so a large file costs little more than its data. Aliases share the anchored
-    value (as ``yaml.safe_load`` does); their size in nodes is counted, so that a
-    bomb is refused without expanding it.
+    value (as ``yaml.safe_load`` does) and link to its lines; their size in nodes
+    is counted as they are used, so that a bomb is refused without expanding it.
+    A node nested too deep stops the reading where it is found: libyaml's time on
+    deep flow nesting grows with the square of the depth.
     """
 
     def __init__(self, loader: Any, file: str, limits: Limits) -> None:
         self.file = file
         self.limits = limits
         self.lines: Lines = {}
+        self.links: Links = {}
         self.problems: list[Problem] = []
         self.anchors: dict[str, _Anchor] = {}
         self._next = loader.get_event
@@ -244,40 +267,34 @@ class _Builder:
         kind = type(event)
         if kind is AliasEvent:
             anchor = self.alias(event)
-            for relative, keys in anchor.lines:
-                self.lines[(*path, *relative)] = keys
+            if isinstance(anchor.value, dict | list):
+                self.links[path] = anchor.path
             return anchor.value, anchor.size
         if depth > self.limits.max_depth:
-            self.problem(path, f"nesting is deeper than {self.limits.max_depth} levels", event)
-            return None, self.skip(event)
+            raise self.too_deep(path, event)
         name = event.anchor
         if kind is ScalarEvent:
             value = self.scalar(event, path)
             if name is not None:
-                self.define(name, event, value, event.value)
+                self.define(name, event, path, value, event.value)
             return value, 1
         tag = event.tag
         expected = _MAP_TAG if kind is MappingStartEvent else _SEQ_TAG
         if tag is not None and tag not in ("!", expected):
             self.problem(path, _tag_message(tag), event)
-            return None, self.skip(event)
-        defined = self.define(name, event, open=True) if name is not None else None
-        mark = len(self.lines)
+            return None, self.skip(event, path, depth)
+        defined = self.define(name, event, path, open=True) if name is not None else None
         if kind is MappingStartEvent:
-            value, size = self.mapping(path, depth)
+            value, size = self.mapping(event, path, depth)
         else:
-            value, size = self.sequence(path, depth)
+            value, size = self.sequence(event, path, depth)
         if size > self.limits.max_nodes:
             raise self.bomb(event)
         if defined is not None:
             defined.value, defined.size, defined.open = value, size, False
-            added = len(self.lines) - mark
-            if added:
-                cut = len(path)
-                defined.lines = [(p[cut:], keys) for p, keys in itertools.islice(reversed(self.lines.items()), added)]
         return value, size
 
-    def mapping(self, path: PathKey, depth: int) -> tuple[dict[str, Any], int]:
+    def mapping(self, start: Event, path: PathKey, depth: int) -> tuple[dict[str, Any], int]:
         result: dict[str, Any] = {}
         first_line: dict[str, int] = {}
         self.lines[path] = first_line
@@ -292,38 +309,45 @@ class _Builder:
                 size += 1
                 if event.value == "<<" and event.tag is None and event.implicit[0]:
                     size += self.merge(self._next(), path, depth, merges)
+                    if size > self.limits.max_nodes:
+                        raise self.bomb(start)
                     continue
                 key = intern(event.value)
                 if event.anchor is not None:
-                    self.define(event.anchor, event, key, key)
+                    self.define(event.anchor, event, path, key, key)
             elif kind is AliasEvent and self.alias(event).text is not None:
                 anchor = self.alias(event)
                 size += anchor.size
                 key = intern(str(anchor.text))
             else:
-                size += self.skip(event)
+                size += self.skip(event, path, depth + 1)
                 self.problem(path, "a key must be a plain name, not a list or mapping", event)
-                size += self.skip(self._next())
+                size += self.skip(self._next(), path, depth + 1)
                 continue
             line = _line(event)
+            here = (*path, key)
             if key in first_line:
                 self.problem(
-                    (*path, key),
+                    here,
                     f"duplicate key {key!r} (first at line {first_line[key]}); "
                     "YAML would silently keep only the last one",
                     event,
                 )
-                size += self.skip(self._next())
-                continue
-            first_line[key] = line
-            here = (*path, key)
-            result[key], value_size = self.node(self._next(), here, depth + 1)
-            size += value_size
+                size += self.skip(self._next(), here, depth + 1)
+            else:
+                first_line[key] = line
+                value_event = self._next()
+                result[key], value_size = self.node(value_event, here, depth + 1)
+                size += value_size
+                if type(value_event) is not AliasEvent:
+                    continue
+            if size > self.limits.max_nodes:
+                raise self.bomb(start)
         if merges:
             self.apply_merges(result, first_line, merges, path)
         return result, size
 
-    def sequence(self, path: PathKey, depth: int) -> tuple[list[Any], int]:
+    def sequence(self, start: Event, path: PathKey, depth: int) -> tuple[list[Any], int]:
         result: list[Any] = []
         size = 1
         while True:
@@ -333,6 +357,8 @@ class _Builder:
             value, value_size = self.node(event, (*path, len(result)), depth + 1)
             result.append(value)
             size += value_size
+            if type(event) is AliasEvent and size > self.limits.max_nodes:
+                raise self.bomb(start)
 
     def scalar(self, event: Event, path: PathKey) -> Any:
         tag = self._tag(event)
@@ -349,7 +375,7 @@ class _Builder:
         node = ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
         try:
             return self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, OverflowError, KeyError):
+        except Exception:  # the standard scalar constructors fail in many ways on bad text (IndexError, ...)
             self.problem(path, f"cannot read this value as {tag.removeprefix(_TAG)}", event)
             return None
 
@@ -369,8 +395,7 @@ class _Builder:
         if type(event) is AliasEvent and isinstance(self.alias(event).value, list):
             anchor = self.alias(event)
             for i, item in enumerate(anchor.value):
-                lines = [(r[1:], keys) for r, keys in anchor.lines if r[:1] == (i,)]
-                self.merge_anchored(item, lines, path, event, merges)
+                self.merge_anchored(item, (*anchor.path, i), path, event, merges)
             return anchor.size
         if type(event) is not SequenceStartEvent:
             return self.merge_source(event, path, depth, merges)
@@ -383,28 +408,27 @@ class _Builder:
         kind = type(event)
         if kind is AliasEvent:
             anchor = self.alias(event)
-            self.merge_anchored(anchor.value, anchor.lines, path, event, merges)
+            self.merge_anchored(anchor.value, anchor.path, path, event, merges)
             return anchor.size
         if kind is not MappingStartEvent:
             self.problem(path, _NOT_A_MERGE_SOURCE, event)
-            return self.skip(event)
+            return self.skip(event, path, depth)
         # Built at the merging mapping's own path, its lines kept aside until
         # the explicit keys of that mapping are known: those win.
-        outer, self.lines = self.lines, {}
+        outer = self.lines, self.links
+        self.lines, self.links = {}, {}
         try:
             value, size = self.node(event, path, depth)
-            lines = self.lines
+            source = _Merge(value, None, self.lines, self.links) if isinstance(value, dict) else None
         finally:
-            self.lines = outer
-        if isinstance(value, dict):
-            merges.append((value, lines))
+            self.lines, self.links = outer
+        if source is not None:
+            merges.append(source)
         return size
 
-    def merge_anchored(
-        self, value: Any, lines: list[tuple[PathKey, dict[str, int]]], path: PathKey, event: Event, merges: list[_Merge]
-    ) -> None:
+    def merge_anchored(self, value: Any, anchor: PathKey, path: PathKey, event: Event, merges: list[_Merge]) -> None:
         if isinstance(value, dict):
-            merges.append((value, {(*path, *relative): keys for relative, keys in lines}))
+            merges.append(_Merge(value, anchor))
         else:
             self.problem(path, _NOT_A_MERGE_SOURCE, event)
 
@@ -413,23 +437,35 @@ class _Builder:
     ) -> None:
         """Merged keys fill in what the mapping does not set itself; an earlier source beats a later one."""
         supplier: dict[str, int] = {}
-        for i, (source, _) in enumerate(merges):
-            for key, value in source.items():
+        for i, source in enumerate(merges):
+            for key, value in source.value.items():
                 if key not in result:
                     result[key] = value
                     supplier[key] = i
         cut = len(path)
-        for i, (_, lines) in enumerate(merges):
-            for parent, keys in lines.items():
+        for i, source in enumerate(merges):
+            if source.anchor is not None:
+                keys = self.lines.get(source.anchor, {})
+                for key, value in source.value.items():
+                    if supplier.get(key) == i:
+                        if key in keys:
+                            first_line[key] = keys[key]
+                        if isinstance(value, dict | list):
+                            self.links[(*path, key)] = (*source.anchor, key)
+                continue
+            for parent, keys in source.lines.items():
                 if len(parent) == cut:  # the source's own keys
                     first_line.update((key, line) for key, line in keys.items() if supplier.get(key) == i)
                 elif supplier.get(str(parent[cut])) == i:
                     self.lines[parent] = keys
+            for at, target in source.links.items():
+                if len(at) > cut and supplier.get(str(at[cut])) == i:
+                    self.links[at] = target
 
     # -- anchors, aliases and skipped nodes -----------------------------------------------
 
     def define(
-        self, name: str, event: Event, value: Any = None, text: str | None = None, *, open: bool = False
+        self, name: str, event: Event, path: PathKey, value: Any = None, text: str | None = None, *, open: bool = False
     ) -> _Anchor:
         first = self.anchors.get(name)
         if first is not None:
@@ -438,7 +474,7 @@ class _Builder:
                 f"is not valid YAML: found duplicate anchor &{name} (first at line {first.line})",
                 _line(event),
             )
-        anchor = self.anchors[name] = _Anchor(_line(event), value, 1, open, text)
+        anchor = self.anchors[name] = _Anchor(_line(event), path, value, 1, open, text)
         return anchor
 
     def alias(self, event: Event) -> _Anchor:
@@ -449,33 +485,39 @@ class _Builder:
             raise _error(self.file, "an alias refers to itself (recursive structure)", anchor.line)
         return anchor
 
-    def skip(self, event: Event) -> int:
+    def skip(self, event: Event, path: PathKey, depth: int) -> int:
         """Consume a node that is not built (refused or unreachable); its size in nodes."""
         kind = type(event)
         if kind is AliasEvent:
             return self.alias(event).size
         start = event
-        depth = 0 if kind is ScalarEvent else 1
+        level = 0 if kind is ScalarEvent else 1
         size = 1
         if event.anchor is not None:
-            self.define(event.anchor, event)
-        while depth:
+            self.define(event.anchor, event, path)
+        while level:
             event = self._next()
             kind = type(event)
             if kind is MappingEndEvent or kind is SequenceEndEvent:
-                depth -= 1
+                level -= 1
                 continue
             if kind is AliasEvent:
                 size += self.alias(event).size
-                continue
-            size += 1
-            if kind is not ScalarEvent:
-                depth += 1
-            if event.anchor is not None:
-                self.define(event.anchor, event)
-        if size > self.limits.max_nodes:
-            raise self.bomb(start)
+            else:
+                size += 1
+                if kind is not ScalarEvent:
+                    level += 1
+                    if depth + level - 1 > self.limits.max_depth:
+                        raise self.too_deep(path, event)
+                if event.anchor is not None:
+                    self.define(event.anchor, event, path)
+            if size > self.limits.max_nodes:
+                raise self.bomb(start)
         return size
+
+    def too_deep(self, path: PathKey, event: Event) -> ConfigError:
+        self.problem(path, f"nesting is deeper than {self.limits.max_depth} levels", event)
+        return ConfigError(self.problems, origin=self.file)
 
     def bomb(self, event: Event) -> ConfigError:
         return _error(

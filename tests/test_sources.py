@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from dbregistry import ConfigError, Registry
+from dbregistry.sources import Layer, Origin, Origins, Precedence, base_layer, merge, overrides_layer, profile_layer
+from dbregistry.yamlfile import PathKey, load_yaml_text
 
 BASE = """\
 default: primary
@@ -325,3 +329,183 @@ profiles:
         )
         assert registry["primary"].url.host == "env-host"
         assert registry["primary"].url.password == "secret-pw"
+
+
+# -- merge(): values shared with the layers, copied on write; Origins -----------------------
+
+LAYERED = """\
+databases:
+  primary:
+    url: postgresql://app:yaml-pw@db.internal/app
+    pool_size: 5
+    connect_args:
+      connect_timeout: 3
+  replica: &replica
+    url: postgresql://app:yaml-pw@replica.internal/app
+    replica_of: primary
+  reporting: *replica
+profiles:
+  production:
+    databases:
+      primary:
+        pool_size: 20
+"""
+
+
+def env_layer(data: dict[str, Any], variable: str) -> Layer:
+    return Layer(Precedence.ENVIRON, data, lambda _path: Origin(Precedence.ENVIRON, variable), "environment")
+
+
+def in_file(line: int, precedence: Precedence = Precedence.YAML) -> Origin:
+    return Origin(precedence, "databases.yaml", "databases.yaml", line)
+
+
+OVERRIDDEN = Origin(Precedence.OVERRIDES, "overrides")
+
+
+class TestMergeCopyOnWriteAndOrigins:
+    """merge() never changes a layer: it shares their values and copies a mapping only to merge into it."""
+
+    @pytest.fixture
+    def base(self) -> Layer:
+        return base_layer(load_yaml_text(LAYERED, "databases.yaml"))
+
+    @pytest.fixture
+    def overrides(self) -> Layer:
+        return overrides_layer(
+            {
+                "databases": {
+                    "primary": {"pool_size": 9, "connect_args": {"application_name": "api"}},
+                    "cache": {"url": "sqlite://"},
+                }
+            }
+        )
+
+    def test_no_layer_is_changed(self, base: Layer, overrides: Layer) -> None:
+        before = copy.deepcopy((base.data, overrides.data))
+        merged = merge([overrides, base])
+        merged.set(("databases", "primary", "url"), "sqlite:///p.db")
+        merged.set(("databases", "cache", "url"), "sqlite:///c.db")
+        merged.set(("databases", "replica", "echo"), True)
+        assert (base.data, overrides.data) == before
+        assert merged.data["databases"]["primary"] == {
+            "url": "sqlite:///p.db",
+            "pool_size": 9,
+            "connect_args": {"connect_timeout": 3, "application_name": "api"},
+        }
+
+    def test_a_mapping_merged_into_is_a_copy(self, base: Layer, overrides: Layer) -> None:
+        merged = merge([base, overrides])
+        databases = merged.data["databases"]
+        written = base.data["databases"]
+        assert databases is not written
+        assert databases["primary"] is not written["primary"]
+        assert databases["primary"]["connect_args"] is not written["primary"]["connect_args"]
+
+    def test_what_no_higher_layer_merges_into_is_shared(self, base: Layer, overrides: Layer) -> None:
+        merged = merge([base, overrides])
+        assert merged.data["databases"]["replica"] is base.data["databases"]["replica"]
+        assert merged.data["databases"]["cache"] is overrides.data["databases"]["cache"]
+
+    def test_a_single_layer_is_not_copied(self, base: Layer) -> None:
+        merged = merge([base])
+        assert merged.data == base.data
+        assert merged.data["databases"] is base.data["databases"]
+
+    def test_set_copies_the_shared_parents_once(self, base: Layer) -> None:
+        merged = merge([base])
+        merged.set(("databases", "primary", "pool_size"), 1)
+        primary = merged.data["databases"]["primary"]
+        assert primary["pool_size"] == 1
+        assert base.data["databases"]["primary"]["pool_size"] == 5
+        assert primary["connect_args"] is base.data["databases"]["primary"]["connect_args"]
+        merged.set(("databases", "primary", "echo"), True)
+        assert merged.data["databases"]["primary"] is primary
+
+    def test_set_on_a_yaml_alias_changes_only_that_database(self, base: Layer) -> None:
+        assert base.data["databases"]["reporting"] is base.data["databases"]["replica"]
+        merged = merge([base])
+        merged.set(("databases", "reporting", "url"), "sqlite:///r.db")
+        assert merged.data["databases"]["reporting"]["url"] == "sqlite:///r.db"
+        assert merged.data["databases"]["replica"]["url"] == "postgresql://app:yaml-pw@replica.internal/app"
+
+    def test_merging_into_a_yaml_alias_changes_only_that_database(self, base: Layer) -> None:
+        env = env_layer({"databases": {"reporting": {"pool_size": 2}}}, "DBREGISTRY_DATABASES__REPORTING__POOL_SIZE")
+        merged = merge([base, env])
+        assert merged.data["databases"]["reporting"]["pool_size"] == 2
+        assert "pool_size" not in merged.data["databases"]["replica"]
+        assert "pool_size" not in base.data["databases"]["replica"]
+
+    @pytest.mark.parametrize(
+        ("path", "origin"),
+        [
+            (("databases",), in_file(1)),
+            (("databases", "primary"), in_file(2)),
+            (("databases", "primary", "url"), in_file(3)),
+            (("databases", "primary", "pool_size"), OVERRIDDEN),
+            (("databases", "primary", "connect_args"), in_file(5)),
+            (("databases", "primary", "connect_args", "connect_timeout"), in_file(6)),
+            (("databases", "primary", "connect_args", "application_name"), OVERRIDDEN),
+            (("databases", "reporting", "url"), in_file(8)),
+            (("databases", "cache"), OVERRIDDEN),
+            (("databases", "cache", "url"), OVERRIDDEN),
+            (("default",), Origin(Precedence.DEFAULT, "default")),
+        ],
+    )
+    def test_origin_of_a_nested_path(self, base: Layer, overrides: Layer, path: PathKey, origin: Origin) -> None:
+        assert merge([base, overrides]).origin(path) == origin
+
+    def test_a_profile_points_into_its_own_lines(self) -> None:
+        document = load_yaml_text(LAYERED, "databases.yaml")
+        merged = merge([base_layer(document), profile_layer(document, "production", Precedence.PROFILE)])
+        assert merged.data["databases"]["primary"]["pool_size"] == 20
+        assert merged.origin(("databases", "primary", "pool_size")) == in_file(15, Precedence.PROFILE)
+        assert merged.origin(("databases", "primary", "url")) == in_file(3)
+        assert str(merged.origin(("databases", "primary", "pool_size"))) == "databases.yaml:15"
+
+    def test_only_the_top_of_what_each_layer_put_is_recorded(self, base: Layer, overrides: Layer) -> None:
+        assert set(merge([base, overrides]).origins.setters) == {
+            ("databases",),
+            ("databases", "primary", "pool_size"),
+            ("databases", "primary", "connect_args", "application_name"),
+            ("databases", "cache"),
+        }
+
+    def test_the_layer_is_asked_about_the_whole_path(self) -> None:
+        asked: list[PathKey] = []
+
+        def origin_of(path: PathKey) -> Origin:
+            asked.append(path)
+            return OVERRIDDEN
+
+        origins = Origins({("databases",): origin_of})
+        assert origins.of(("databases", "a", "url")) == OVERRIDDEN
+        assert asked == [("databases", "a", "url")]
+        assert Origins().of(("databases",)) == Origin(Precedence.DEFAULT, "default")
+
+    def test_replacing_a_mapping_forgets_the_origins_inside_it(self, base: Layer) -> None:
+        env = env_layer(
+            {"databases": {"primary": {"connect_args": {"sslmode": "require"}}}},
+            "DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS__SSLMODE",
+        )
+        merged = merge([base, env, overrides_layer({"databases": {"primary": "sqlite://"}})])
+        assert merged.data["databases"]["primary"] == "sqlite://"
+        assert merged.origin(("databases", "primary")) == OVERRIDDEN
+        assert merged.origin(("databases", "primary", "connect_args", "sslmode")) == OVERRIDDEN
+        assert ("databases", "primary", "connect_args", "sslmode") not in merged.origins.setters
+
+    def test_null_in_an_overlay_removes_the_key(self, base: Layer) -> None:
+        before = copy.deepcopy(base.data)
+        variable = "DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE"
+        merged = merge([base, env_layer({"databases": {"primary": {"pool_size": None}}}, variable)])
+        assert merged.data["databases"]["primary"] == {
+            "url": "postgresql://app:yaml-pw@db.internal/app",
+            "connect_args": {"connect_timeout": 3},
+        }
+        assert base.data == before
+        assert merged.origin(("databases", "primary", "pool_size")) == Origin(Precedence.ENVIRON, variable)
+
+    def test_null_above_field_depth_replaces(self, base: Layer) -> None:
+        merged = merge([base, overrides_layer({"databases": {"replica": None}})])
+        assert merged.data["databases"]["replica"] is None
+        assert base.data["databases"]["replica"] is not None

@@ -275,7 +275,9 @@ def figure_3(ctx: Context) -> FigureResult:
         )
     )
     result.rows.append(
-        compared("  of which: read (parse, build, lines, checks)", samples["read"], samples["libyaml"], "ms", base, "info")
+        compared(
+            "  of which: read (parse, build, lines, checks)", samples["read"], samples["libyaml"], "ms", base, "info"
+        )
     )
     result.rows.append(
         compared("  of which: merge + validate", samples["validate"], samples["libyaml"], "ms", base, "info")

@@ -25,6 +25,8 @@ from .interpolation import interpolate_tree
 from .rules import check, unknown_name_message
 from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, field_names
 from .sources import (
+    ENV_PREFIX,
+    NESTING,
     Merged,
     Origin,
     Origins,
@@ -110,6 +112,8 @@ def load_config(
                 f"env file {os.fspath(env_file)} not found (working directory: {os.getcwd()})",
                 Origin(Precedence.DOTENV, os.fspath(env_file)),
             )
+    _check_prefixed_variables(dotenv, Precedence.DOTENV, dotenv_label, found)
+    _check_prefixed_variables(environ, Precedence.ENVIRON, "", found)
     variables = {**dotenv, **environ}
     selected = None
     if document is not None:
@@ -132,6 +136,31 @@ def load_config(
     if found.problems or config is None:
         raise ConfigError(_unique(found.problems), origin=source)
     return LoadedConfig(config=config, origins=merged.origins, source=source, profile=selected)
+
+
+# DBREGISTRY_<HEAD>...: what the settings read (the configuration's top level), and what
+# chooses the file and the profile.
+_VARIABLE_HEADS = ("DATABASES", "DEFAULT", "LOG_POOL_EVENTS", "CONFIG", "PROFILE")
+
+
+def _check_prefixed_variables(env: Mapping[str, str], precedence: Precedence, label: str, found: _Collector) -> None:
+    """A ``DBREGISTRY_`` variable that nothing reads is a typo, not someone else's variable."""
+    for name in env:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        head, _, rest = upper.removeprefix(ENV_PREFIX).partition(NESTING)
+        if head in _VARIABLE_HEADS:
+            continue
+        hint = closest(head, _VARIABLE_HEADS)
+        if hint is not None:
+            message = f"unknown variable; did you mean {ENV_PREFIX}{hint}{NESTING + rest if rest else ''}?"
+        else:
+            message = (
+                f"unknown variable; dbregistry reads {ENV_PREFIX}DATABASES__<NAME>__<FIELD>, {ENV_PREFIX}DEFAULT, "
+                f"{ENV_PREFIX}LOG_POOL_EVENTS, {ENV_PREFIX}CONFIG and {ENV_PREFIX}PROFILE"
+            )
+        found.add((), message, Origin(precedence, name + label))
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

@@ -33,8 +33,8 @@ from typing import Any, Self
 
 from sqlalchemy.engine import URL
 
-PG_BINDIR = Path(os.environ.get("DBREGISTRY_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
-PGBOUNCER_BIN = Path(os.environ.get("DBREGISTRY_PGBOUNCER", "/usr/sbin/pgbouncer"))
+PG_BINDIR = Path(os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin"))
+PGBOUNCER_BIN = Path(os.environ.get("PGBOUNCER", "/usr/sbin/pgbouncer"))
 SYSTEM_USER = "postgres"
 
 HOST = "127.0.0.1"

@@ -155,6 +155,48 @@ class TestPrefixedVariables:
         assert Registry.from_env()["primary"].pool_size == 42
 
 
+class TestUnknownPrefixedVariables:
+    """A DBREGISTRY_ variable that nothing reads is a typo: reported, never silently ignored."""
+
+    @pytest.mark.parametrize(
+        ("variable", "message"),
+        [
+            ("DBREGISTRY_DATABASE__PRIMARY__POOL_SIZE", "did you mean DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE?"),
+            ("DBREGISTRY_DEFAUT", "did you mean DBREGISTRY_DEFAULT?"),
+            ("dbregistry_profle", "did you mean DBREGISTRY_PROFILE?"),
+            (
+                "DBREGISTRY_POOLSIZE",
+                "dbregistry reads DBREGISTRY_DATABASES__<NAME>__<FIELD>, DBREGISTRY_DEFAULT, "
+                "DBREGISTRY_LOG_POOL_EVENTS, DBREGISTRY_CONFIG and DBREGISTRY_PROFILE",
+            ),
+        ],
+    )
+    def test_is_a_config_error_naming_the_variable(self, base_file: Path, variable: str, message: str) -> None:
+        with pytest.raises(ConfigError) as info:
+            Registry.from_yaml(base_file, environ={variable: "postgresql://app:s3cret@db/app"})
+        assert str(info.value) == f"1 problem in {base_file}\n  {variable}  unknown variable; {message}"
+        assert "s3cret" not in str(info.value)
+
+    def test_in_an_env_file_names_the_file(self, base_file: Path, tmp_path: Path) -> None:
+        env = tmp_path / ".env"
+        env.write_text("DBREGISTRY_DEFAUT=primary\n")
+        with pytest.raises(ConfigError) as info:
+            Registry.from_yaml(base_file, environ={}, env_file=env)
+        assert [p.source for p in info.value.problems] == [f"DBREGISTRY_DEFAUT (from {env})"]
+
+    def test_the_variables_dbregistry_reads_are_accepted(self, base_file: Path) -> None:
+        registry = Registry.from_yaml(
+            base_file,
+            environ={
+                "DBREGISTRY_DEFAULT": "replica",
+                "DBREGISTRY_LOG_POOL_EVENTS": "false",
+                "DBREGISTRY_CONFIG": str(base_file),
+                "DBREGISTRY_PROFILE": "",
+            },
+        )
+        assert registry.default == "replica"
+
+
 class TestDotEnv:
     def test_env_file_is_read(self, base_file: Path, tmp_path: Path) -> None:
         env = tmp_path / ".env"

@@ -6,6 +6,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -212,6 +213,32 @@ def interleave(runs: Mapping[str, Callable[[], float]], repeats: int) -> dict[st
         for name in names if round_ % 2 == 0 else reversed(names):
             samples[name].append(runs[name]())
     return samples
+
+
+def run_threads(work: Callable[[int, Callable[[], bool]], None], workers: int, seconds: float) -> float:
+    """Run ``work(slot, running)`` in ``workers`` threads released together; ``running()`` holds for ``seconds``.
+
+    Returns the elapsed time, from the release to the last thread's end.
+    """
+    gate = threading.Barrier(workers + 1)
+    deadline = [0.0]
+
+    def running() -> bool:
+        return time.perf_counter() < deadline[0]
+
+    def released(slot: int) -> None:
+        gate.wait()
+        work(slot, running)
+
+    threads = [threading.Thread(target=released, args=(i,)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    start = time.perf_counter()
+    deadline[0] = start + seconds
+    gate.wait()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
 
 
 def timeit_ns(

@@ -15,10 +15,7 @@ Every report is checked: 19 "up" and the hanging one "timeout", in every call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from dbregistry import HealthReport, Registry
@@ -28,18 +25,6 @@ from .common import Context, FigureResult, Row, Target, compared
 REAL = 19
 HANGING = "hangs"
 SLACK_S = 0.5
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[int]:
-    """A TCP port on 127.0.0.1 that accepts connections and never answers (from tests/test_health.py)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def _declaration(pg: Any, databases: list[str], port: int) -> dict[str, Any]:
@@ -76,6 +61,8 @@ def figure_10(ctx: Context) -> FigureResult:
     """Wall time of ``ahealth()`` (cold and warm) and ``health()`` over 19 real databases and a hanging one."""
     result = FigureResult()
     pg = ctx.postgres()
+    from servers import silent_server  # noqa: PLC0415  (tests/ is on sys.path once the server runs)
+
     timeout = 0.5 if ctx.quick else 1.0
     rounds = 2 if ctx.quick else 5
     databases = [f"db{i:02d}" for i in range(REAL)]

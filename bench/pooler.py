@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,17 @@ from sqlalchemy import text
 
 from dbregistry import Registry
 
-from .common import POOL_FIELDS, Context, FigureResult, PostgresUnavailableError, Row, Target, compared, interleave
+from .common import (
+    POOL_FIELDS,
+    Context,
+    FigureResult,
+    PostgresUnavailableError,
+    Row,
+    Target,
+    compared,
+    interleave,
+    run_threads,
+)
 from .server import CONCURRENCY, _interleave_async, _quartiles
 
 if TYPE_CHECKING:
@@ -72,13 +83,10 @@ def checked_sync_throughput(
     engine: sqlalchemy.Engine, seconds: float, workers: int, tally: Tally, *, begin: bool = False
 ) -> float:
     """Right answers per second from ``workers`` threads, one checkout per query (``begin``: and COMMIT)."""
-    gate = threading.Barrier(workers + 1)
-    deadline = [0.0]
 
-    def work(slot: int) -> None:
+    def work(slot: int, running: Callable[[], bool]) -> None:
         n, ok, errors, wrong, error = slot * SPREAD, 0, 0, 0, ""
-        gate.wait()
-        while time.perf_counter() < deadline[0]:
+        while running():
             n += 1
             try:
                 with engine.begin() if begin else engine.connect() as conn:
@@ -90,15 +98,8 @@ def checked_sync_throughput(
         tally.add(ok, errors, wrong, error)
 
     before = tally.ok
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    start = time.perf_counter()
-    deadline[0] = start + seconds
-    gate.wait()
-    for thread in threads:
-        thread.join()
-    return (tally.ok - before) / (time.perf_counter() - start)
+    elapsed = run_threads(work, workers, seconds)
+    return (tally.ok - before) / elapsed
 
 
 async def checked_async_throughput(engine: Any, seconds: float, workers: int, tally: Tally) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -15,7 +14,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from dbregistry import Registry
 
-from .common import POOL_FIELDS, Context, FigureResult, Row, Target, compared, interleave
+from .common import POOL_FIELDS, Context, FigureResult, Row, Target, compared, interleave, run_threads
 
 SELECT_ONE = text("SELECT 1")
 CONCURRENCY = 32
@@ -44,24 +43,14 @@ def sync_throughput(engine: sqlalchemy.Engine, seconds: float, workers: int) -> 
             if now >= deadline:
                 return count / (now - start)
     counts = [0] * workers
-    gate = threading.Barrier(workers + 1)
-    deadline = [0.0]
 
-    def work(slot: int) -> None:
-        gate.wait()
-        while time.perf_counter() < deadline[0]:
+    def work(slot: int, running: Callable[[], bool]) -> None:
+        while running():
             one()
             counts[slot] += 1
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    start = time.perf_counter()
-    deadline[0] = start + seconds
-    gate.wait()
-    for thread in threads:
-        thread.join()
-    return sum(counts) / (time.perf_counter() - start)
+    elapsed = run_threads(work, workers, seconds)
+    return sum(counts) / elapsed
 
 
 async def async_throughput(engine: Any, seconds: float, workers: int) -> float:

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import PASSWORD, PostgresServer, ReplicaServer
+from servers import PASSWORD, PostgresServer, ReplicaServer, silent_server
 from sqlalchemy import text
 
 from dbregistry import HealthReport, PoolStats, Registry, RegistryClosedError
 from dbregistry.health import describe_error
 
 WRONG_PASSWORD = "Wr0ng-Pw-health-93"
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[int]:
-    """A TCP port on 127.0.0.1 that accepts connections (the kernel completes the handshake) and never answers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def closed_port() -> int:

@@ -26,7 +26,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -117,6 +117,23 @@ def silent_server() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+def _start_on_a_port(start_on: Callable[[int], None], port: int | None) -> int:
+    """Start on ``port`` (a restart), else on a free port, trying another when one is taken meanwhile."""
+    if port is not None:
+        start_on(port)
+        return port
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        try:
+            start_on(port)
+        except _PortTakenError:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+            continue
+        return port
+    raise AssertionError("unreachable")
 
 
 def sql_literal(value: str) -> str:
@@ -406,19 +423,7 @@ class _PostgresBase(_Closable):
             raise ServerError("the server is closed")
         if self.running:
             return
-        if self._port is not None:
-            self._start_on(self._port)
-            return
-        for attempt in range(PORT_ATTEMPTS):
-            port = free_port()
-            try:
-                self._start_on(port)
-            except _PortTakenError:
-                if attempt == PORT_ATTEMPTS - 1:
-                    raise
-                continue
-            self._port = port
-            return
+        self._port = _start_on_a_port(self._start_on, self._port)
 
     def _start_on(self, port: int) -> None:
         log_start = _file_size(self.log_path)
@@ -717,19 +722,7 @@ class PgBouncer(_Closable):
             raise ServerError("pgbouncer is closed")
         if self.running:
             return
-        if self._port is not None:
-            self._start_on(self._port)
-            return
-        for attempt in range(PORT_ATTEMPTS):
-            port = free_port()
-            try:
-                self._start_on(port)
-            except _PortTakenError:
-                if attempt == PORT_ATTEMPTS - 1:
-                    raise
-                continue
-            self._port = port
-            return
+        self._port = _start_on_a_port(self._start_on, self._port)
 
     def _start_on(self, port: int) -> None:
         _write(self.config_path, self._config(port))

@@ -9,7 +9,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import health as _health
 from . import lifecycle as _lifecycle
@@ -304,18 +304,24 @@ class Registry:
     def session(self, name: str | None = None, *, read_only: bool = False, **kwargs: Any) -> Session:
         """A new ORM `Session` bound to ``name``'s engine; use it as a context manager.
 
-        ``read_only=True`` binds it to `reader` (a healthy replica, else ``name``).
+        ``read_only=True`` binds it to `reader` (a healthy replica, else ``name``),
+        and on PostgreSQL its transactions are ``READ ONLY``: a write fails there
+        even when the reads fell back to the primary.
         Keyword arguments go to ``Session`` (``expire_on_commit``, ...).
         """
         from sqlalchemy.orm import Session  # noqa: PLC0415 - the ORM costs ~60 ms to import
 
-        return Session(bind=self.reader(name) if read_only else self.get(name), **kwargs)
+        return Session(bind=_read_only(self.reader(name)) if read_only else self.get(name), **kwargs)
 
     def async_session(self, name: str | None = None, *, read_only: bool = False, **kwargs: Any) -> AsyncSession:
-        """A new `AsyncSession` bound to ``name``'s async engine (`async_reader` when ``read_only``); ``async with`` it."""
+        """A new `AsyncSession` bound to ``name``'s async engine; ``async with`` it.
+
+        ``read_only=True`` as for `session`, with `async_reader`.
+        """
         from sqlalchemy.ext.asyncio import AsyncSession  # noqa: PLC0415
 
-        return AsyncSession(bind=self.async_reader(name) if read_only else self.get_async(name), **kwargs)
+        bind = _read_only(self.async_reader(name)) if read_only else self.get_async(name)
+        return AsyncSession(bind=bind, **kwargs)
 
     # -- read/write routing (dbregistry.routing) -------------------------------------
 
@@ -577,6 +583,16 @@ async def _dispose_async(engines: list[tuple[str, AsyncEngine]]) -> list[tuple[s
                 raise result
             failures.append((f"{name} (async)", result))
     return failures
+
+
+_E = TypeVar("_E", "Engine", "AsyncEngine")
+
+
+def _read_only(engine: _E) -> _E:
+    """``engine`` whose transactions are READ ONLY where the dialect can say so (PostgreSQL), sharing its pool."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    return engine.execution_options(postgresql_readonly=True)
 
 
 _LIVE: weakref.WeakSet[Registry] = weakref.WeakSet()

@@ -10,6 +10,7 @@ import threading
 import pytest
 from servers import PASSWORD, PostgresServer
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from dbregistry import Registry
 
@@ -129,3 +130,24 @@ def test_no_password_in_logs_of_a_failed_connection(pg: PostgresServer, caplog: 
     assert "Wr0ng-pw-Zx9" not in caplog.text
     assert PASSWORD not in caplog.text
     assert "password authentication failed" in str(info.value)
+
+
+def test_a_read_only_session_cannot_write_even_on_the_primary(pg: PostgresServer) -> None:
+    """With no replica, the reads fall back to the primary; the session stays read-only there."""
+    registry = pg_registry(pg)
+    with registry.session("primary", read_only=True) as session:
+        assert session.execute(text("select 1")).scalar() == 1
+        with pytest.raises(DBAPIError, match="cannot execute CREATE TABLE in a read-only transaction"):
+            session.execute(text("create table read_only_probe (x int)"))
+    with registry.session("primary") as session:  # the pool it shares is not read-only
+        session.execute(text("create temporary table writable_probe (x int)"))
+
+    async def main() -> None:
+        async with registry.async_session("primary", read_only=True) as session:
+            assert (await session.execute(text("select 1"))).scalar() == 1
+            with pytest.raises(DBAPIError, match="cannot execute CREATE TABLE in a read-only transaction"):
+                await session.execute(text("create table read_only_probe (x int)"))
+        await registry.aclose()
+
+    asyncio.run(main())
+    assert pg.psql("select count(*) from pg_tables where tablename = 'read_only_probe'") == [("0",)]

@@ -255,6 +255,8 @@ class Registry:
                 origin = self.origin(resolved, "direct_url" if url is not None else "url")
                 engine = build(resolved, self._databases[resolved], origin, url=url)
                 attach_pool_logging(resolved, engine, self._databases[resolved], self.config)
+                if url is None:
+                    self._router.watch(resolved, getattr(engine, "sync_engine", engine))
                 engines[resolved] = engine
             if name is None:
                 engines[None] = engine

@@ -330,6 +330,17 @@ class Router:
                 self._async[name] = aengine
             return aengine
 
+    def watch(self, name: str, engine: Engine) -> None:
+        """Hook a replica's engine as it is built, so it is watched however it was obtained (``get("replica")`` too).
+
+        Called under the registry's lock, before the engine is published; no
+        other thread can hold the engine yet, so this takes no lock of its own
+        (the router's lock is taken before the registry's elsewhere).
+        """
+        replica = self._replicas.get(name)
+        if replica is not None:
+            self._hook(engine, replica)
+
     def _hook(self, engine: Engine, replica: _Replica) -> None:
         """Mark ``replica`` down when a connection to it fails or is lost."""
         if engine in self._hooked:

@@ -254,6 +254,26 @@ class TestHealth:
         assert 29 < status.retry_in <= 30
         registry.close()
 
+    def test_a_replica_engine_taken_with_get_is_watched_too(self, tmp_path: Path) -> None:
+        registry = pair(tmp_path, sqlite_url(tmp_path / "missing" / "replica.db"))
+        fail_once(registry.get("replica"))  # before reader() ever handed it out
+        assert not registry.replica_status()["replica"].up
+        assert registry.reader("primary") is registry.get("primary")
+        registry.close()
+
+    def test_an_async_replica_engine_taken_with_get_async_is_watched_too(self, tmp_path: Path) -> None:
+        registry = pair(tmp_path, sqlite_url(tmp_path / "missing" / "replica.db"))
+
+        async def main() -> None:
+            with pytest.raises(Exception, match="unable to open database file"):
+                async with registry.get_async("replica").connect():
+                    pass
+            assert not registry.replica_status()["replica"].up
+            assert registry.async_reader("primary") is registry.get_async("primary")
+            await registry.aclose()
+
+        asyncio.run(main())
+
     def test_the_other_replicas_take_over(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         registry = make(
             tmp_path,

@@ -255,8 +255,11 @@ def prefixed_env_layer(environ: Mapping[str, str], precedence: Precedence, label
         data["databases"] = {casing.get(k.lower(), k): v for k, v in databases.items()}
 
     def origin(path: PathKey) -> Origin:
+        # The variable that set the path, else one that set something below it (a database
+        # declared only by DBREGISTRY_DATABASES__X__POOL_SIZE is missing its url "there").
         for end in range(len(path), 0, -1):
-            variable = names.get(env_var_for(path[:end]))
+            exact = env_var_for(path[:end])
+            variable = names.get(exact) or next((n for u, n in names.items() if u.startswith(exact + NESTING)), None)
             if variable is not None:
                 return Origin(precedence, variable + label)
         return Origin(precedence, ENV_PREFIX + "*" + label)

@@ -155,6 +155,16 @@ class TestPrefixedVariables:
         assert Registry.from_env()["primary"].pool_size == 42
 
 
+class TestMissingUrlFromTheEnvironment:
+    def test_names_the_variable_that_declared_the_database(self) -> None:
+        with pytest.raises(ConfigError) as info:
+            Registry.from_env(environ={"DBREGISTRY_DATABASES__REPORTS__POOL_SIZE": "5"})
+        assert str(info.value) == (
+            "1 problem in environment\n"
+            "  DBREGISTRY_DATABASES__REPORTS__POOL_SIZE  databases.reports.url: required: every database needs a url"
+        )
+
+
 class TestUnknownPrefixedVariables:
     """A DBREGISTRY_ variable that nothing reads is a typo: reported, never silently ignored."""
 

@@ -42,7 +42,7 @@ FULL = Budget(
     process_runs=25,
     memory_runs=5,
     server_seconds=0.3,
-    server_repeats=15,
+    server_repeats=25,
     warm_runs=2,
     extras=True,
 )
@@ -205,12 +205,19 @@ class Context:
 # -- timing -------------------------------------------------------------------------
 
 
+def round_order(names: Sequence[str], round_: int) -> list[str]:
+    """The order of one round: rotated by one each round (A,B,C; B,C,A; C,A,B), so that every
+    measurement takes every position equally often and neither drift nor position favours one."""
+    shift = round_ % len(names)
+    return [*names[shift:], *names[:shift]]
+
+
 def interleave(runs: Mapping[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """Call each measurement once per round, A,B then B,A, so that drift hits every one alike."""
+    """Call each measurement once per round, in `round_order`."""
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(repeats):
-        for name in names if round_ % 2 == 0 else reversed(names):
+        for name in round_order(names, round_):
             samples[name].append(runs[name]())
     return samples
 

@@ -14,7 +14,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from dbregistry import Registry
 
-from .common import POOL_FIELDS, Context, FigureResult, Row, Target, compared, interleave, run_threads
+from .common import POOL_FIELDS, Context, FigureResult, Row, Target, compared, interleave, round_order, run_threads
 
 SELECT_ONE = text("SELECT 1")
 CONCURRENCY = 32
@@ -75,7 +75,7 @@ async def _interleave_async(runs: Mapping[str, Callable[[], Awaitable[float]]], 
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(repeats):
-        for name in names if round_ % 2 == 0 else reversed(names):
+        for name in round_order(names, round_):
             samples[name].append(await runs[name]())
     return samples
 
@@ -210,7 +210,7 @@ def figure_6(ctx: Context) -> FigureResult:
     result.notes.append(
         f"one checkout per query (connect, SELECT 1, return: pre-ping and rollback-on-return included); "
         f"pool_size=10, max_overflow=20; {repeats} interleaved rounds of {seconds:g} s per engine "
-        f"(registry, hand, hand again; reversed every other round), medians; "
+        f"(registry, hand, hand again; the order rotated each round), medians; "
         f"engines: {result.data['sync_registry_engine']} / {result.data['async_registry_engine']}"
     )
     return result

@@ -218,7 +218,6 @@ class Router:
         self._closed = False
         self._sync: dict[str, Engine] = {}
         self._async: dict[str, AsyncEngine] = {}
-        self._hooked: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._threads: set[threading.Thread] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._routes: dict[str | None, _Route] = {}
@@ -309,10 +308,7 @@ class Router:
             engine = self._sync.get(name)
             if engine is not None:
                 return engine
-            engine = self._registry.get(name)
-            replica = self._replicas.get(name)
-            if replica is not None:
-                self._hook(engine, replica)
+            engine = self._registry.get(name)  # a replica's engine was hooked as it was built (watch)
             if not self._closed:
                 self._sync[name] = engine
             return engine
@@ -323,9 +319,6 @@ class Router:
             if aengine is not None:
                 return aengine
             aengine = self._registry.get_async(name)
-            replica = self._replicas.get(name)
-            if replica is not None:
-                self._hook(aengine.sync_engine, replica)
             if not self._closed:
                 self._async[name] = aengine
             return aengine
@@ -342,10 +335,7 @@ class Router:
             self._hook(engine, replica)
 
     def _hook(self, engine: Engine, replica: _Replica) -> None:
-        """Mark ``replica`` down when a connection to it fails or is lost."""
-        if engine in self._hooked:
-            return
-        self._hooked.add(engine)
+        """Mark ``replica`` down when a connection to it fails or is lost (once per engine: each is built once)."""
         dialect = engine.dialect
         connect = dialect.connect
 

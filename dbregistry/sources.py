@@ -163,17 +163,18 @@ def _merge_into(
             # what this layer puts inside it is recorded.
             _merge_into(merged, merged._own(target, key), value, origin_of, here)
             continue
-        target[key] = value if isinstance(value, dict) or not isinstance(value, Mapping) else _as_dicts(value)
+        target[key] = _plain(value)
         depth = len(here)
         for stale in [p for p in setters if len(p) > depth and p[:depth] == here]:
             del setters[stale]
         setters[here] = origin_of
 
 
-def _as_dicts(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _as_dicts(v) for k, v in value.items()}
-    return value
+def _plain(value: Any) -> Any:
+    """``value`` as it is, unless it is a mapping that is not a dict (given in code): then as dicts."""
+    if isinstance(value, dict) or not isinstance(value, Mapping):
+        return value
+    return {k: _plain(v) for k, v in value.items()}
 
 
 # -- YAML -------------------------------------------------------------------------

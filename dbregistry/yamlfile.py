@@ -315,10 +315,9 @@ class _Builder:
                 key = intern(event.value)
                 if event.anchor is not None:
                     self.define(event.anchor, event, path, key, key)
-            elif kind is AliasEvent and self.alias(event).text is not None:
-                anchor = self.alias(event)
+            elif kind is AliasEvent and (anchor := self.alias(event)).text is not None:
                 size += anchor.size
-                key = intern(str(anchor.text))
+                key = intern(anchor.text)
             else:
                 size += self.skip(event, path, depth + 1)
                 self.problem(path, "a key must be a plain name, not a list or mapping", event)
@@ -392,8 +391,7 @@ class _Builder:
 
     def merge(self, event: Event, path: PathKey, depth: int, merges: list[_Merge]) -> int:
         """The value of a ``<<`` key: a mapping, an alias of one, or a list of those."""
-        if type(event) is AliasEvent and isinstance(self.alias(event).value, list):
-            anchor = self.alias(event)
+        if type(event) is AliasEvent and isinstance((anchor := self.alias(event)).value, list):
             for i, item in enumerate(anchor.value):
                 self.merge_anchored(item, (*anchor.path, i), path, event, merges)
             return anchor.size

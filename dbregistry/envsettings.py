@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SettingsConfigDict
-from pydantic_settings.sources.utils import parse_env_vars
 
 from .schema import DatabaseConfig
 from .sources import ENV_PREFIX, NESTING
@@ -38,8 +37,10 @@ class _MappingEnvSource(EnvSettingsSource):
         self._environ = environ
         super().__init__(_EnvSchema)
 
+    # `_load_env_vars` is the hook pydantic-settings' own providers (dotenv, AWS, GCP,
+    # Azure) override, unchanged from 2.3 to 2.16; .ci/run tests both ends of the range.
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(self._environ, case_sensitive=False)
+        return {key.lower(): value for key, value in self._environ.items()}
 
     def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
         # A value that is not JSON is kept as text, so that validation reports

@@ -62,8 +62,9 @@ _KEYWORD: Final = re.compile(
 )
 # The hints' own placeholder, and a password that was masked already.
 _PLACEHOLDERS: Final = frozenset({"password", MASK})
-# A string that could be a declared name: the schema's NAME_PATTERN, with a length cap.
-_NAME_LIKE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+# Characters that credentials need (user:password@host, password=...) and no name has.
+_CREDENTIAL_MARKS: Final = frozenset("@:=/?&%")
+_LONGEST_SHOWN: Final = 100
 
 
 def is_secret_key(key: object) -> bool:
@@ -246,21 +247,26 @@ def describe_error(error: BaseException, secrets: Iterable[str] = (), *, first_l
 
 
 def shown_name(name: object) -> str:
-    """How a value given as a database name may be quoted: its ``repr``, or what it is.
+    """How a value given where a name belongs may be quoted: its ``repr``, or what it is.
 
-    A string that cannot be a name (a URL, ``user:password@host``, a keyword
-    string) may hold a password: it is described, never shown.
+    A string that cannot be a name and may hold a password (a URL,
+    ``user:password@host``, ``password=...``, anything very long) is
+    described, never shown.
 
     >>> shown_name("replcia")
     "'replcia'"
     >>> shown_name("postgresql://app:s3cret@db/app")
     'a URL (not shown: it may hold a password)'
+    >>> shown_name("app:s3cret@db")
+    'a value that is not a name (not shown: it may hold a password)'
     """
-    if not isinstance(name, str) or _NAME_LIKE.fullmatch(name):
+    if not isinstance(name, str):
         return repr(name)
     if "://" in name:
         return "a URL (not shown: it may hold a password)"
-    return "a value that is not a database name (not shown: it may hold a password)"
+    if len(name) > _LONGEST_SHOWN or not _CREDENTIAL_MARKS.isdisjoint(name):
+        return "a value that is not a name (not shown: it may hold a password)"
+    return repr(name)
 
 
 # -- decoding -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from . import health as _health
 from . import lifecycle as _lifecycle
 from . import routing as _routing
+from ._secrets import shown_name
 from .engines import build_async_engine, build_sync_engine, loop_of
 from .errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
 from .loader import LoadedConfig, load_config
@@ -297,7 +298,7 @@ class Registry:
             return self._default
         if name not in self._databases:
             if self._closed:
-                raise RegistryClosedError(f"the registry is closed; cannot open {name!r}")
+                raise RegistryClosedError(f"the registry is closed; cannot open {shown_name(name)}")
             raise UnknownDatabaseError(name, self.names)
         return name
 

@@ -108,9 +108,10 @@ def mask_url(url: URL) -> str:
     'postgresql://app:***@db/app?sslmode=require&sslpassword=***'
     """
     secret = [key for key in url.query if is_secret_key(key)]
-    if secret:
-        url = url.update_query_dict(dict.fromkeys(secret, MASK))
-    return url.render_as_string(hide_password=True)
+    if not secret:
+        return url.render_as_string(hide_password=True)
+    rendered = url.update_query_dict(dict.fromkeys(secret, MASK)).render_as_string(hide_password=True)
+    return rendered.replace(f"={quote(MASK, safe='')}", f"={MASK}")  # the query is rendered %-encoded
 
 
 def check_url_text(text: str, url: URL) -> None:

@@ -208,7 +208,9 @@ class Registry:
         try:
             return self._databases[name]
         except KeyError:
-            raise UnknownDatabaseError(name, list(self._databases)) from None
+            pass
+        # Raised outside the except block: the KeyError it replaces (as its __context__) holds the name given.
+        raise UnknownDatabaseError(name, list(self._databases))
 
     def __repr__(self) -> str:
         built = len({id(e) for e in self._sync.values()}) + len({id(e) for e in self._async.values()})
@@ -230,8 +232,9 @@ class Registry:
         try:
             return self._sync[name]
         except KeyError:
-            engine: Engine = self._build(name, self._sync, build_sync_engine)
-            return engine
+            pass  # built outside the except block: a failure must not chain the KeyError holding the name given
+        engine: Engine = self._build(name, self._sync, build_sync_engine)
+        return engine
 
     def get_async(self, name: str | None = None, direct: bool = False) -> AsyncEngine:
         """The async engine of ``name`` (the default database when None), built on first use.
@@ -243,8 +246,9 @@ class Registry:
         try:
             return self._async[name]
         except KeyError:
-            aengine: AsyncEngine = self._build(name, self._async, build_async_engine)
-            return aengine
+            pass  # as in get()
+        aengine: AsyncEngine = self._build(name, self._async, build_async_engine)
+        return aengine
 
     def _build(self, name: str | None, engines: dict[str | None, Any], build: Any, url: URL | None = None) -> Any:
         resolved = self._resolve(name)

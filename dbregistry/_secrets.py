@@ -54,10 +54,10 @@ _SECRET_WORDS: Final = ("password", "passwd", "pwd", "secret", "token", "key")
 # text. One match per token, resumed after it: linear. The userinfo is what lies
 # before the token's last "@", so an unencoded "/" in a password is still covered.
 _URL_TOKEN: Final = re.compile(r"//[^\s'\"<>`]*")
-# password=..., pwd = '...', 'sslpassword': '...': the value, quoted or not (an
-# unterminated quote runs to the end, never back-tracks).
+# password=..., DB_PASSWORD=..., pwd = '...', 'sslpassword': '...': the value, quoted or
+# not (an unterminated quote runs to the end, never back-tracks).
 _KEYWORD: Final = re.compile(
-    r"""(?i)(?P<key>\b(?:ssl)?passw(?:or)?d|\bpwd)(?P<sep>\s*=\s*|['"]\s*:\s*)"""
+    r"""(?i)(?P<key>passw(?:or)?d|\bpwd)(?P<sep>\s*=\s*|['"]\s*:\s*)"""
     r"""(?P<value>'[^']*'?|"[^"]*"?|[^\s&,;)}\]]+)"""
 )
 # The hints' own placeholder, and a password that was masked already.

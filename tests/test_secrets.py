@@ -422,6 +422,7 @@ class TestMaskText:
             ("at postgresql://app:s3cret@db/app", "at postgresql://app:***@db/app"),
             ("at //app:s3/cr:et@db/app", "at //app:***@db/app"),
             ("password=s3cret host=db", "password=*** host=db"),
+            ("DB_PASSWORD=s3cret", "DB_PASSWORD=***"),
             ("PASSWORD = 's3 cret' host=db", "PASSWORD = *** host=db"),
             ("{'sslpassword': 's3cret', 'port': 5}", "{'sslpassword': ***, 'port': 5}"),
             ("?sslmode=require&password=s3cret&x=1", "?sslmode=require&password=***&x=1"),

@@ -35,6 +35,7 @@ __all__ = [
     "check_url_text",
     "describe_error",
     "is_secret_key",
+    "looks_like_credentials",
     "mask_mapping",
     "mask_text",
     "mask_url",
@@ -244,6 +245,15 @@ def describe_error(error: BaseException, secrets: Iterable[str] = (), *, first_l
     return f"{kind}: {text}" if text else kind
 
 
+def looks_like_credentials(text: str) -> bool:
+    """Whether ``text`` may carry a password: a URL, ``user:password@host``, ``password=...``.
+
+    >>> looks_like_credentials("app:s3cret@db"), looks_like_credentials("1:30")
+    (True, False)
+    """
+    return "@" in text or "://" in text or _KEYWORD.search(text) is not None
+
+
 # -- names --------------------------------------------------------------------------
 
 
@@ -259,14 +269,14 @@ def shown_name(name: object) -> str:
     >>> shown_name("postgresql://app:s3cret@db/app")
     'a URL (not shown: it may hold a password)'
     >>> shown_name("app:s3cret@db")
-    'a value that is not a name (not shown: it may hold a password)'
+    'a value that may hold a password (not shown)'
     """
     if not isinstance(name, str):
         return repr(name)
     if "://" in name:
         return "a URL (not shown: it may hold a password)"
-    if len(name) > _LONGEST_SHOWN or not _CREDENTIAL_MARKS.isdisjoint(name):
-        return "a value that is not a name (not shown: it may hold a password)"
+    if len(name) > _LONGEST_SHOWN or not _CREDENTIAL_MARKS.isdisjoint(name) or looks_like_credentials(name):
+        return "a value that may hold a password (not shown)"
     return repr(name)
 
 

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
-from ._secrets import NotUtf8Error, utf8_text
+from ._secrets import NotUtf8Error, looks_like_credentials, shown_name, utf8_text
 from .errors import ConfigError, Problem, closest, redact, unknown_name_message
 from .interpolation import interpolate_tree
 from .rules import check
@@ -507,5 +507,7 @@ def describe(error: ErrorDetails) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, dict | list):
         return f"a {type(value).__name__}"
+    if isinstance(value, str) and looks_like_credentials(value):
+        return shown_name(value)  # a password written in the wrong field is still a password
     text = redact(repr(value))  # before cutting: a cut URL would lose the '@' that marks its password
     return text if len(text) <= 60 else text[:57] + "..."

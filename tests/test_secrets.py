@@ -506,9 +506,9 @@ class TestNames:
         ("name", "shown"),
         [
             ("postgresql://app:pw@db/app", "a URL (not shown: it may hold a password)"),
-            ("app:pw@db", "a value that is not a name (not shown: it may hold a password)"),
-            ("host=db password=pw", "a value that is not a name (not shown: it may hold a password)"),
-            ("x" * 101, "a value that is not a name (not shown: it may hold a password)"),
+            ("app:pw@db", "a value that may hold a password (not shown)"),
+            ("host=db password=pw", "a value that may hold a password (not shown)"),
+            ("x" * 101, "a value that may hold a password (not shown)"),
             ("replica ", "'replica '"),
             (3, "3"),
         ],

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlalchemy.engine import URL
 
-from ._secrets import mask_mapping, mask_url, normalize_url
+from ._secrets import mask_mapping, normalize_url
 from .pools import PoolName, normalize_pool_name
 from .urls import mask, parse_url
 
@@ -143,7 +143,7 @@ class DatabaseConfig(BaseModel):
             if name == "connect_args" and isinstance(value, dict):
                 yield name, mask_mapping(value)
             elif isinstance(value, URL):
-                yield name, _Shown(mask_url(value))
+                yield name, _Shown(mask(value))
             elif value is not None:
                 yield name, value
 

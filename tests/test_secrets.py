@@ -173,6 +173,7 @@ def every_cli_command(outputs: Outputs, capsys: pytest.CaptureFixture[str], conf
         ("show",),
         ("check", "--timeout", "5"),
         ("budget", "--processes", "2"),
+        ("budget", "--processes", "2", "--live", "--timeout", "5"),
     ):
         cli(outputs, capsys, command[0], "--config", str(config), *command[1:])
 
@@ -289,7 +290,11 @@ class TestLeaks:
         every_surface(outputs, registry, ["main", "replica"])
         every_cli_command(outputs, capsys, config)
         outputs.assert_clean(AWKWARD)
+        seen = {where for where, _ in outputs.texts}
         assert any(where == "log dbregistry.routing" and "is down" in shown for where, shown in outputs.texts)
+        assert {"log sqlalchemy.engine.Engine", "dbregistry show --config " + str(config) + " --json (stdout)"} <= seen
+        shown_urls = [shown for where, shown in outputs.texts if where.startswith("dbregistry show")]
+        assert any(f"postgresql://{ROLE}:***@{HOST}:{pg.port}/{pg.database}" in shown for shown in shown_urls)
 
     def test_a_password_with_unencoded_reserved_characters_is_refused_at_load(
         self, pg: PostgresServer, tmp_path: Path, outputs: Outputs, capsys: pytest.CaptureFixture[str]

@@ -6,7 +6,8 @@ PostgreSQL replica, asks whether the server is in recovery and how far its
 replay lags. Each ping is bounded by the timeout three ways: the driver's
 connect timeout, the server's ``statement_timeout`` (PostgreSQL), and the
 caller, which stops waiting when the time is up. Error texts never carry a
-password: URLs are masked and the password itself is replaced wherever it appears.
+password: they go through `dbregistry._secrets.describe_error` (URLs and
+``password=`` masked by position, the password's text replaced elsewhere).
 
 >>> from dbregistry import Registry
 >>> registry = Registry.from_dict({"databases": {"dev": {"url": "sqlite://"}}}, environ={})

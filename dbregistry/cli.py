@@ -36,8 +36,9 @@ from typing import Any, Final, TextIO
 
 from sqlalchemy.engine import URL
 
+from ._secrets import mask_mapping
 from .budget import Budget, plan, read_limits
-from .errors import CloseError, ConfigError
+from .errors import CloseError, ConfigError, unknown_name_message
 from .health import HealthReport
 from .poolers import detect as detect_pooler
 from .pools import POOL_NAMES, accepted_options
@@ -69,7 +70,6 @@ SQLALCHEMY_DEFAULTS: Final[dict[str, Any]] = {
     "execution_options": {},
 }
 _QUEUE_ONLY: Final = frozenset({"pool_size", "max_overflow", "pool_timeout", "pool_use_lifo"})
-_SECRET_WORDS: Final = ("password", "passwd", "secret", "token", "key")
 _ALIASES: Final = {name: info.alias for name, info in DatabaseConfig.model_fields.items() if info.alias}
 
 
@@ -156,10 +156,6 @@ def _close(registry: Registry) -> None:
 # -- values and where they came from ----------------------------------------------------
 
 
-def _masked_args(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: "***" if any(w in k.lower() for w in _SECRET_WORDS) else v for k, v in args.items()}
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, URL):
         return mask(value)
@@ -227,7 +223,7 @@ def effective_fields(registry: Registry, name: str) -> list[dict[str, Any]]:
         else:
             value, label = copy.deepcopy(SQLALCHEMY_DEFAULTS.get(field, value)), "default"
         if field == "connect_args" and isinstance(value, dict):
-            value = _masked_args(value)
+            value = mask_mapping(value)
         fields.append(
             {
                 "field": field,
@@ -345,11 +341,8 @@ def cmd_check(args: argparse.Namespace, style: Style) -> int:
         allowed = set(args.allow_down)
         unknown = sorted(allowed - set(registry.names))
         if unknown:
-            print(
-                f"dbregistry check: --allow-down names no declared database: {', '.join(unknown)} "
-                f"(declared: {', '.join(registry.names)})",
-                file=sys.stderr,
-            )
+            for name in unknown:
+                print(f"dbregistry check: --allow-down: {unknown_name_message(name, registry.names)}", file=sys.stderr)
             return EXIT_USAGE
         reports = registry.health(timeout=args.timeout)
         failing = [name for name, r in reports.items() if not r.ok and name not in allowed]

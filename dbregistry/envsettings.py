@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SettingsConfigDict
 
+from ._secrets import utf8_text
 from .schema import DatabaseConfig
 from .sources import ENV_PREFIX, NESTING
 
@@ -57,6 +58,11 @@ def read_prefixed(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The variables of a ``.env`` file, as pydantic-settings (python-dotenv) reads them."""
-    source = DotEnvSettingsSource(_EnvSchema, env_file=Path(path), case_sensitive=True)
+    """The variables of a ``.env`` file, as pydantic-settings (python-dotenv) reads them.
+
+    `NotUtf8Error` (naming the offset, holding nothing of the file) when it is not UTF-8:
+    python-dotenv's `UnicodeDecodeError` would carry the file's bytes, passwords included.
+    """
+    utf8_text(Path(path).read_bytes())
+    source = DotEnvSettingsSource(_EnvSchema, env_file=Path(path), env_file_encoding="utf-8", case_sensitive=True)
     return {k: v for k, v in source.env_vars.items() if v is not None}

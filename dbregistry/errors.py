@@ -17,10 +17,12 @@ input in theirs).
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+from ._secrets import mask_urls as redact
+from ._secrets import shown_name
 
 __all__ = [
     "CloseError",
@@ -31,6 +33,7 @@ __all__ = [
     "UnknownDatabaseError",
     "closest",
     "redact",
+    "unknown_name_message",
 ]
 
 
@@ -123,18 +126,17 @@ class UnknownDatabaseError(DBRegistryError, KeyError):
     """A database name that the configuration does not declare.
 
     The message lists the declared names and suggests the closest one:
-    ``unknown database 'replcia'; did you mean 'replica'? declared: primary, replica``.
+    ``'replcia' is not a declared database; did you mean 'replica'? declared: primary, replica``.
+    A value that cannot be a name (a URL, ``user:password@host``) is described, not shown,
+    and ``name`` then holds that description.
     """
 
     def __init__(self, name: object, declared: Sequence[str], *, message: str | None = None) -> None:
-        self.name = name
+        shown = shown_name(name)
+        # A URL given as a name is kept only as its description: it may hold a password.
+        self.name = name if shown == repr(name) else shown
         self.declared = tuple(declared)
-        if message is None:
-            hint = closest(str(name), self.declared)
-            did_you_mean = f"; did you mean {hint!r}?" if hint else ""
-            known = ", ".join(self.declared) if self.declared else "(none)"
-            message = f"unknown database {name!r}{did_you_mean} declared: {known}"
-        super().__init__(message)
+        super().__init__(unknown_name_message(name, self.declared) if message is None else message)
 
     def __str__(self) -> str:
         # KeyError's str() is the repr of its argument; show the sentence instead.
@@ -168,16 +170,22 @@ class CloseError(DBRegistryError, ExceptionGroup[Exception]):
         super().__init__(f"failed to dispose {', '.join(names)}", [exc for _, exc in failures])
 
 
-# scheme://user:password@ ; the literal placeholder "password" of the hints is kept.
-# scheme://user:password@ and the scheme-less //user:password@ (a URL with a typo in its scheme).
-_URL_PASSWORD = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.-]*:)?//[^:/@\s]*:)([^@\s]+)@")
+def unknown_name_message(name: object, declared: Iterable[object]) -> str:
+    """The one message for a name that is not declared: the name, the closest declared one, and all of them.
 
+    A value that cannot be a name (a URL, ``user:password@host``) may hold a
+    password: it is described, not shown.
 
-def redact(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` in it shown as ``***``."""
-    if "//" not in text:
-        return text
-    return _URL_PASSWORD.sub(lambda m: m[0] if m[2] in ("password", "***") else f"{m[1]}***@", text)
+    >>> unknown_name_message("replcia", ["primary", "replica"])
+    "'replcia' is not a declared database; did you mean 'replica'? declared: primary, replica"
+    >>> unknown_name_message("postgresql://app:s3cret@db/app", ["primary"])
+    'a URL (not shown: it may hold a password) is not a declared database; declared: primary'
+    """
+    names = [str(d) for d in declared]  # str(): names given in code may be of any type
+    shown = shown_name(name)
+    hint = closest(str(name), names) if shown == repr(name) else None
+    did_you_mean = f"; did you mean {hint!r}?" if hint else ";"
+    return f"{shown} is not a declared database{did_you_mean} declared: {', '.join(names) or '(none)'}"
 
 
 def closest(word: str, candidates: Iterable[str]) -> str | None:

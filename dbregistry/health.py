@@ -6,7 +6,8 @@ PostgreSQL replica, asks whether the server is in recovery and how far its
 replay lags. Each ping is bounded by the timeout three ways: the driver's
 connect timeout, the server's ``statement_timeout`` (PostgreSQL), and the
 caller, which stops waiting when the time is up. Error texts never carry a
-password: URLs are masked and the password itself is replaced wherever it appears.
+password: they go through `dbregistry._secrets.describe_error` (URLs and
+``password=`` masked by position, the password's text replaced elsewhere).
 
 >>> from dbregistry import Registry
 >>> registry = Registry.from_dict({"databases": {"dev": {"url": "sqlite://"}}}, environ={})
@@ -21,18 +22,17 @@ import asyncio
 import contextlib
 import contextvars
 import math
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import quote, quote_plus
 
 from sqlalchemy import event, literal_column, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from ._secrets import describe_error, secrets_of
 from .errors import RegistryClosedError
 
 if TYPE_CHECKING:
@@ -174,44 +174,6 @@ def pool_figures(
                 total += more
             figures[name] = total
     return figures
-
-
-# -- masking --------------------------------------------------------------------------
-
-_URL_CREDENTIALS: Final = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/?#@\s]*):[^@\s]*@")
-_KEYWORD_PASSWORD: Final = re.compile(r"(?i)\b(?P<key>password|passwd|pwd)\s*=\s*(?:'[^']*'|\"[^\"]*\"|\S+)")
-_SECRET_WORDS: Final = ("password", "passwd", "secret", "token", "key")
-
-
-def secrets_of(db: DatabaseConfig) -> list[str]:
-    """The passwords a database's declaration holds: URL passwords and secret ``connect_args``."""
-    found = [url.password for url in (db.url, db.direct_url) if url is not None and url.password]
-    for key, value in (db.connect_args or {}).items():
-        if isinstance(value, str) and value and any(word in key.lower() for word in _SECRET_WORDS):
-            found.append(value)
-    return [str(secret) for secret in found]
-
-
-def describe_error(error: BaseException, secrets: Iterable[str] = ()) -> str:
-    """``Type: message`` on one line, with URLs masked and every given secret replaced by ``***``.
-
-    For a SQLAlchemy DBAPI error only the driver's own message is kept
-    (SQLAlchemy's text adds the statement, its parameters and a link).
-
-    >>> describe_error(ValueError("cannot reach postgresql://app:hunter2@db/app"))
-    'ValueError: cannot reach postgresql://app:***@db/app'
-    """
-    cause: BaseException = error
-    if isinstance(error, DBAPIError) and error.orig is not None:
-        cause = error.orig
-    text = " ".join(str(cause).split())
-    variants = {form for secret in secrets if secret for form in (secret, quote(secret, safe=""), quote_plus(secret))}
-    for secret in sorted(variants, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    text = _URL_CREDENTIALS.sub(r"\g<head>:***@", text)
-    text = _KEYWORD_PASSWORD.sub(r"\g<key>=***", text)
-    kind = type(cause).__name__
-    return f"{kind}: {text}" if text else kind
 
 
 # -- bounding the connect -------------------------------------------------------------

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ._secrets import NotUtf8Error, utf8_text
+
 __all__ = ["InterpolationError", "interpolate", "interpolate_tree"]
 
 _PATTERN = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
@@ -87,9 +89,11 @@ def _evaluate(expression: str, environ: Mapping[str, str]) -> str:
 
 def _read_file(path: str) -> str:
     try:
-        content = Path(path).read_text(encoding="utf-8")
+        content = utf8_text(Path(path).read_bytes())
     except FileNotFoundError:
         raise InterpolationError(f"secret file {path} (in ${{file:...}}) does not exist") from None
+    except NotUtf8Error as e:
+        raise InterpolationError(f"secret file {path} (in ${{file:...}}) {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InterpolationError(f"cannot read secret file {path}: {type(e).__name__}") from None
     return content.removesuffix("\n").removesuffix("\r")

@@ -20,9 +20,10 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
-from .errors import ConfigError, Problem, closest, redact
+from ._secrets import NotUtf8Error, looks_like_credentials, shown_name, utf8_text
+from .errors import ConfigError, Problem, closest, redact, unknown_name_message
 from .interpolation import interpolate_tree
-from .rules import check, unknown_name_message
+from .rules import check
 from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, field_names
 from .sources import (
     ENV_PREFIX,
@@ -105,7 +106,11 @@ def load_config(
         if Path(env_file).is_file():
             from .envsettings import read_env_file  # noqa: PLC0415  (pydantic-settings: only when there is a file)
 
-            dotenv = read_env_file(env_file)
+            try:
+                dotenv = read_env_file(env_file)
+            except NotUtf8Error as e:
+                file = os.fspath(env_file)
+                found.add((), f"env file {file} {e}", Origin(Precedence.DOTENV, file, file, e.line))
         elif env_file_required:
             found.add(
                 (),
@@ -296,9 +301,12 @@ def _apply_password_files(merged: Merged, found: _Collector) -> None:
         path: PathKey = ("databases", name, "password_file")
         secret_path = os.fspath(entry["password_file"])
         try:
-            password = Path(secret_path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+            password = utf8_text(Path(secret_path).read_bytes()).removesuffix("\n").removesuffix("\r")
         except FileNotFoundError:
             found.add(path, f"password file {secret_path} does not exist", merged.origin(path))
+            continue
+        except NotUtf8Error as e:
+            found.add(path, f"password file {secret_path} {e}", merged.origin(path))
             continue
         except (OSError, UnicodeDecodeError) as e:
             found.add(path, f"cannot read password file {secret_path}: {type(e).__name__}", merged.origin(path))
@@ -499,5 +507,7 @@ def describe(error: ErrorDetails) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, dict | list):
         return f"a {type(value).__name__}"
+    if isinstance(value, str) and looks_like_credentials(value):
+        return shown_name(value)  # a password written in the wrong field is still a password
     text = redact(repr(value))  # before cutting: a cut URL would lose the '@' that marks its password
     return text if len(text) <= 60 else text[:57] + "..."

@@ -6,6 +6,7 @@ from typing import Final, Literal
 
 from sqlalchemy import pool
 
+from ._secrets import shown_name
 from .errors import closest
 
 __all__ = [
@@ -63,7 +64,7 @@ def normalize_pool_name(value: str) -> PoolName:
         # Suggest the class name: the short form `null` would read as YAML's null.
         hint = closest(value, list(POOL_NAMES))
         did_you_mean = f"did you mean {POOL_NAMES[hint]!r}? " if hint else ""
-        raise ValueError(f"unknown pool class {value!r}; {did_you_mean}known: {', '.join(POOL_CLASSES)}")
+        raise ValueError(f"unknown pool class {shown_name(value)}; {did_you_mean}known: {', '.join(POOL_CLASSES)}")
     return name  # type: ignore[return-value]
 
 

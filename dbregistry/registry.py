@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from . import health as _health
 from . import lifecycle as _lifecycle
 from . import routing as _routing
+from ._secrets import shown_name
 from .engines import build_async_engine, build_sync_engine, loop_of
 from .errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
 from .loader import LoadedConfig, load_config
@@ -207,7 +208,9 @@ class Registry:
         try:
             return self._databases[name]
         except KeyError:
-            raise UnknownDatabaseError(name, list(self._databases)) from None
+            pass
+        # Raised outside the except block: the KeyError it replaces (as its __context__) holds the name given.
+        raise UnknownDatabaseError(name, list(self._databases))
 
     def __repr__(self) -> str:
         built = len({id(e) for e in self._sync.values()}) + len({id(e) for e in self._async.values()})
@@ -229,8 +232,9 @@ class Registry:
         try:
             return self._sync[name]
         except KeyError:
-            engine: Engine = self._build(name, self._sync, build_sync_engine)
-            return engine
+            pass  # built outside the except block: a failure must not chain the KeyError holding the name given
+        engine: Engine = self._build(name, self._sync, build_sync_engine)
+        return engine
 
     def get_async(self, name: str | None = None, direct: bool = False) -> AsyncEngine:
         """The async engine of ``name`` (the default database when None), built on first use.
@@ -242,8 +246,9 @@ class Registry:
         try:
             return self._async[name]
         except KeyError:
-            aengine: AsyncEngine = self._build(name, self._async, build_async_engine)
-            return aengine
+            pass  # as in get()
+        aengine: AsyncEngine = self._build(name, self._async, build_async_engine)
+        return aengine
 
     def _build(self, name: str | None, engines: dict[str | None, Any], build: Any, url: URL | None = None) -> Any:
         resolved = self._resolve(name)
@@ -297,7 +302,7 @@ class Registry:
             return self._default
         if name not in self._databases:
             if self._closed:
-                raise RegistryClosedError(f"the registry is closed; cannot open {name!r}")
+                raise RegistryClosedError(f"the registry is closed; cannot open {shown_name(name)}")
             raise UnknownDatabaseError(name, self.names)
         return name
 

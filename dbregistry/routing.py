@@ -46,10 +46,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
-from urllib.parse import quote, quote_plus
 
 from sqlalchemy import event
 
+from ._secrets import describe_error, secrets_of
 from .errors import RegistryClosedError, UnknownDatabaseError
 from .urls import dialect_of, mask
 
@@ -133,10 +133,10 @@ class _Replica:
         "measures_lag",
         "name",
         "next_check",
-        "password",
         "primary",
         "reason",
         "scheduled",
+        "secrets",
         "up",
         "url",
         "weight",
@@ -146,7 +146,7 @@ class _Replica:
         self.name = name
         self.primary = primary
         self.url = mask(db.url)
-        self.password = db.url.password
+        self.secrets = secrets_of(db)
         self.weight = db.weight
         self.max_lag = db.replica_max_lag_seconds
         self.measures_lag = dialect_of(db.url) == "postgresql"
@@ -363,7 +363,7 @@ class Router:
         if not replica.up:
             return  # already down: only a probe re-arms the back-off
         with self._lock:
-            messages = self._down(replica, _describe(error, replica.password), time.monotonic()) if replica.up else []
+            messages = self._down(replica, _describe(error, replica.secrets), time.monotonic()) if replica.up else []
         _log(messages)
 
     def _down(self, replica: _Replica, reason: str, now: float) -> _Messages:
@@ -407,7 +407,7 @@ class Router:
         with self._lock:
             now = time.monotonic()
             if error is not None:
-                messages = self._down(replica, _describe(error, replica.password), now)
+                messages = self._down(replica, _describe(error, replica.secrets), now)
             else:
                 replica.lag = lag
                 if lag is not None and replica.max_lag is not None and lag > replica.max_lag:
@@ -703,16 +703,9 @@ def _sqlstate(error: BaseException) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def _describe(error: BaseException, password: str | None) -> str:
+def _describe(error: BaseException, secrets: Iterable[str]) -> str:
     """``Type: first line of the message``, the driver's own error rather than SQLAlchemy's wrapper."""
-    original = getattr(error, "orig", None)
-    cause = original if isinstance(original, BaseException) else error
-    lines = str(cause).strip().splitlines()
-    text = lines[0].strip() if lines else ""
-    if password:
-        for form in {password, quote(password, safe=""), quote_plus(password)}:
-            text = text.replace(form, "***")
-    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    return describe_error(error, secrets, first_line=True)
 
 
 def _measure(conn: Connection, replica: _Replica) -> float | None:

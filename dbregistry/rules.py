@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from .errors import closest
+from .errors import unknown_name_message
 from .poolers import detect as detect_pooler
 from .poolers import forbidden_settings
 from .pools import QUEUE_OPTIONS, accepted_options, why_not
@@ -112,13 +112,6 @@ def replica_of_names_another_database(name: str, db: DatabaseConfig, databases: 
             target = entry.replica_of if entry is not None else None
         if target == name:
             yield "replica_of", f"replica_of forms a cycle: {' -> '.join([*seen, name])}"
-
-
-def unknown_name_message(name: str, declared: list[str]) -> str:
-    hint = closest(name, declared)
-    did_you_mean = f"; did you mean {hint!r}?" if hint else ";"
-    names = ", ".join(str(d) for d in declared)  # str(): names given in code may be of any type
-    return f"{name!r} is not a declared database{did_you_mean} declared: {names or '(none)'}"
 
 
 @rule

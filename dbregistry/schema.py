@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlalchemy.engine import URL
 
+from ._secrets import mask_mapping, normalize_url
 from .pools import PoolName, normalize_pool_name
 from .urls import mask, parse_url
 
@@ -38,7 +39,7 @@ __all__ = [
 
 def _to_url(value: Any) -> URL:
     if isinstance(value, URL):
-        return value
+        return normalize_url(value)
     if not isinstance(value, str):
         raise PydanticCustomError("url_type", "must be a URL string, got {kind}", {"kind": type(value).__name__})
     try:
@@ -140,7 +141,9 @@ class DatabaseConfig(BaseModel):
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             if name == "connect_args" and isinstance(value, dict):
-                yield name, _mask_secrets(value)
+                yield name, mask_mapping(value)
+            elif isinstance(value, URL):
+                yield name, _Shown(mask(value))
             elif value is not None:
                 yield name, value
 
@@ -163,11 +166,14 @@ ENGINE_OPTIONS: Final = frozenset(
     }
 )
 
-_SECRET_WORDS: Final = ("password", "passwd", "secret", "token", "key", "sslpassword")
 
+class _Shown(str):
+    """Text that a ``repr`` shows as it is (a masked URL, unquoted like SQLAlchemy's own ``repr``)."""
 
-def _mask_secrets(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: "***" if any(w in k.lower() for w in _SECRET_WORDS) else v for k, v in args.items()}
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 class RegistryConfig(BaseModel):

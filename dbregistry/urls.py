@@ -1,7 +1,9 @@
 """Database URLs: parsing, masking, the sync/async driver pairs, and per-driver query fixes.
 
 A URL is kept as SQLAlchemy's immutable `URL`, whose ``repr`` already masks the
-password; `mask` is the one way a URL is turned into text for people.
+password (a ``?password=`` is moved into the password slot at parse time, so it
+does too); `mask` (from `dbregistry._secrets`) is the one way a URL is turned
+into text for people.
 Each driver quirk is a small named function registered for its driver.
 """
 
@@ -15,6 +17,9 @@ from typing import Any, Final
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from ._secrets import check_url_text, normalize_url
+from ._secrets import mask_url as mask
 
 __all__ = [
     "DriverError",
@@ -52,12 +57,8 @@ def parse_url(text: str) -> URL:
     drivername = _SCHEME_ALIASES.get(f"{backend}+{driver}", f"{backend}+{driver}") if driver else backend
     if drivername != url.drivername:
         url = url.set(drivername=drivername)
-    return url
-
-
-def mask(url: URL) -> str:
-    """The URL as text with the password shown as ``***``."""
-    return url.render_as_string(hide_password=True)
+    check_url_text(text, url)
+    return normalize_url(url)
 
 
 def dialect_of(url: URL) -> str:

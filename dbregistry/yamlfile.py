@@ -37,6 +37,7 @@ from yaml.events import (
 )
 from yaml.nodes import ScalarNode
 
+from ._secrets import NotUtf8Error, utf8_text
 from .errors import ConfigError, Problem
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "YamlDocument", "line_of", "load_yaml_file", "load_yaml_text"]
@@ -131,14 +132,13 @@ def load_yaml_file(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS
         raise _error(name, "permission denied reading the file") from None
     # Errors are raised after the except blocks: `from None` only hides the context, and the
     # decode and parser errors carry the file's text (and so its passwords) in their arguments.
-    bad_byte: int | None = None
+    not_utf8: NotUtf8Error | None = None
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        bad_byte = e.start
-    if bad_byte is not None:
-        line = raw.count(b"\n", 0, bad_byte) + 1
-        raise _error(name, f"is not UTF-8 text (byte 0x{raw[bad_byte]:02x} at offset {bad_byte})", line)
+        text = utf8_text(raw)
+    except NotUtf8Error as e:
+        not_utf8 = e
+    if not_utf8 is not None:
+        raise _error(name, str(not_utf8), not_utf8.line)
     return load_yaml_text(text, name, limits)
 
 

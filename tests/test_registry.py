@@ -77,7 +77,7 @@ class TestDeclaration:
         with pytest.raises(UnknownDatabaseError) as info:
             registry.get("replcia")
         assert (
-            str(info.value) == "unknown database 'replcia'; did you mean 'replica'? declared: primary, replica, memory"
+            str(info.value) == "'replcia' is not a declared database; did you mean 'replica'? declared: primary, replica, memory"
         )
         assert isinstance(info.value, KeyError)
 

@@ -822,7 +822,7 @@ class TestFiles:
         with pytest.raises(ConfigError) as info:
             load_yaml_file(path)
         assert info.value.problems == [
-            Problem("", "is not UTF-8 text (byte 0xff at offset 8)", source=str(path), file=str(path), line=2)
+            Problem("", "is not UTF-8 text (invalid byte at offset 8)", source=str(path), file=str(path), line=2)
         ]
 
     def test_missing(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["InterpolationError", "interpolate", "interpolate_tree"]
+__all__ = ["InterpolationError", "interpolate", "interpolate_tree", "referenced_variables", "variable_fallbacks"]
 
 _PATTERN = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?)(?P<arg>.*))?\Z", re.S)
@@ -131,3 +131,22 @@ def interpolate_tree(
         items = [interpolate_tree(v, environ, on_error, (*path, i)) for i, v in enumerate(data)]
         return data if all(new is old for new, old in zip(items, data, strict=True)) else items
     return data
+
+
+def variable_fallbacks(value: str) -> list[tuple[str, bool]]:
+    """Each variable ``${...}`` names in ``value``, and whether the form has a default (``:-``, ``-``)."""
+    found: list[tuple[str, bool]] = []
+    for match in _PATTERN.finditer(value):
+        expression = match.group(1)
+        parsed = _EXPRESSION.match(expression) if expression is not None else None
+        if parsed is not None:
+            found.append((parsed.group("name"), parsed.group("op") in (":-", "-")))
+    return found
+
+
+def referenced_variables(data: Any) -> set[str]:
+    """The variables named by a ``${...}`` anywhere in ``data``'s strings."""
+    if isinstance(data, str):
+        return {name for name, _ in variable_fallbacks(data)} if "$" in data else set()
+    values = data.values() if isinstance(data, dict) else data if isinstance(data, list) else ()
+    return set().union(*(referenced_variables(v) for v in values))

@@ -21,7 +21,7 @@ from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
 from .errors import ConfigError, Problem, closest, redact
-from .interpolation import interpolate_tree
+from .interpolation import interpolate_tree, referenced_variables
 from .rules import check, unknown_name_message
 from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, field_names
 from .sources import (
@@ -33,6 +33,7 @@ from .sources import (
     Precedence,
     base_layer,
     collect_layers,
+    default_database,
     document_origin,
     merge,
     profile_layer,
@@ -116,9 +117,11 @@ def load_config(
     _check_prefixed_variables(environ, Precedence.ENVIRON, "", found)
     variables = {**dotenv, **environ}
     selected = None
+    consumed: set[str] = set()
     if document is not None:
         _check_profiles_section(document, found)
         selected = select_profile(document, profile, variables, found)
+        consumed = referenced_variables(_applied(document, selected))
         document = _interpolated(document, selected, variables, found)
     layers = collect_layers(
         document=document,
@@ -127,7 +130,11 @@ def load_config(
         dotenv_label=dotenv_label,
         environ=environ,
         overrides=overrides,
+        consumed=consumed,
     )
+    for layer in layers:
+        for path, message in layer.problems:
+            found.add(path, message, layer.origin_of(path))
     merged = merge(layers)
     _apply_password_files(merged, found)
     config = _validate(merged, found, document is not None)
@@ -247,6 +254,14 @@ def _interpolated(
                 profiles[selected], variables, on_error, ("profiles", selected)
             )
     return replace(document, data=data)
+
+
+def _applied(document: YamlDocument, selected: str | None) -> dict[str, Any]:
+    """The parts of the document that are applied: its base and the selected profile."""
+    data = {k: v for k, v in document.data.items() if k != "profiles"}
+    if selected is not None:
+        data["profiles"] = {selected: _profiles(document).get(selected)}
+    return data
 
 
 def _shown_path(path: PathKey) -> PathKey:
@@ -383,8 +398,7 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
         found.add(("default",), unknown_name_message(default, list(raw)), origin(("default",)))
     if found.problems:
         return None
-    if default is None:
-        default = "primary" if "primary" in databases else (next(iter(databases)) if len(databases) == 1 else None)
+    default = default_database(list(databases), default)
     try:
         log_pool_events = _BOOL.validate_python(data.get("log_pool_events", False))
     except ValidationError:

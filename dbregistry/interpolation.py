@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["InterpolationError", "interpolate", "interpolate_tree", "referenced_variables", "variable_fallbacks"]
+__all__ = ["InterpolationError", "interpolate", "interpolate_tree", "referenced_variables", "substitutions"]
 
 _PATTERN = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?)(?P<arg>.*))?\Z", re.S)
@@ -133,20 +133,20 @@ def interpolate_tree(
     return data
 
 
-def variable_fallbacks(value: str) -> list[tuple[str, bool]]:
-    """Each variable ``${...}`` names in ``value``, and whether the form has a default (``:-``, ``-``)."""
-    found: list[tuple[str, bool]] = []
+def substitutions(value: str) -> list[tuple[str, str]]:
+    """Each variable a ``${...}`` of ``value`` names, with its operator (``""``, ``:-``, ``-``, ``:?``, ``?``)."""
+    found: list[tuple[str, str]] = []
     for match in _PATTERN.finditer(value):
         expression = match.group(1)
         parsed = _EXPRESSION.match(expression) if expression is not None else None
         if parsed is not None:
-            found.append((parsed.group("name"), parsed.group("op") in (":-", "-")))
+            found.append((parsed.group("name"), parsed.group("op") or ""))
     return found
 
 
 def referenced_variables(data: Any) -> set[str]:
     """The variables named by a ``${...}`` anywhere in ``data``'s strings."""
     if isinstance(data, str):
-        return {name for name, _ in variable_fallbacks(data)} if "$" in data else set()
+        return {name for name, _ in substitutions(data)} if "$" in data else set()
     values = data.values() if isinstance(data, dict) else data if isinstance(data, list) else ()
     return set().union(*(referenced_variables(v) for v in values))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,9 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
+from ._pairs import Where, check_pairs
 from .errors import ConfigError, Problem, closest, redact
-from .interpolation import interpolate_tree, referenced_variables
+from .interpolation import interpolate_tree, referenced_variables, substitutions
 from .rules import check, unknown_name_message
 from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, field_names
 from .sources import (
@@ -118,10 +119,12 @@ def load_config(
     variables = {**dotenv, **environ}
     selected = None
     consumed: set[str] = set()
+    written: dict[str, Any] = {}
     if document is not None:
         _check_profiles_section(document, found)
         selected = select_profile(document, profile, variables, found)
-        consumed = referenced_variables(_applied(document, selected))
+        written = _applied(document, selected)
+        consumed = referenced_variables(written)
         document = _interpolated(document, selected, variables, found)
     layers = collect_layers(
         document=document,
@@ -137,7 +140,7 @@ def load_config(
             found.add(path, message, layer.origin_of(path))
     merged = merge(layers)
     _apply_password_files(merged, found)
-    config = _validate(merged, found, document is not None)
+    config = _validate(merged, found, document is not None, _fallbacks(written, selected, variables, merged))
     if document is not None:
         _validate_other_profiles(document, selected, variables, found)
     if found.problems or config is None:
@@ -334,7 +337,36 @@ def _apply_password_files(merged: Merged, found: _Collector) -> None:
 # -- validation -------------------------------------------------------------------
 
 
-def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryConfig | None:
+def _fallbacks(
+    written: dict[str, Any], selected: str | None, variables: Mapping[str, str], merged: Merged
+) -> Callable[[PathKey], list[str]]:
+    """The variables whose ``${VAR:-default}`` fell back to the default, for a value still as the file wrote it."""
+
+    def fell_back(path: PathKey) -> list[str]:
+        if merged.origin(path).precedence not in (Precedence.YAML, Precedence.PROFILE):
+            return []
+        value = _at(written.get("profiles", {}).get(selected), path) if selected is not None else None
+        value = value if value is not None else _at(written, path)
+        if not isinstance(value, str):
+            return []
+        return [
+            name
+            for name, op in substitutions(value)
+            if (op == ":-" and not variables.get(name)) or (op == "-" and name not in variables)
+        ]
+
+    return fell_back
+
+
+def _at(data: Any, path: PathKey) -> Any:
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _validate(
+    merged: Merged, found: _Collector, from_file: bool, fell_back: Callable[[PathKey], list[str]] | None = None
+) -> RegistryConfig | None:
     data = merged.data
     origin = merged.origin
     for key in data:
@@ -385,11 +417,7 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
             for loc, message in _describe_errors(entry, e.errors()).items():
                 where = (*path, *loc)
                 found.add(where, message, origin(where))
-    declared = {name: databases.get(name) for name in raw}
-    for name, db in databases.items():
-        for field_name, message in check(name, db, declared):
-            where = ("databases", name, field_name)
-            found.add(where, message, origin(where) if field_name in db.model_fields_set else origin(where[:2]))
+    _check_across_fields(databases, list(raw), Where(origin, fell_back or (lambda _path: [])), found)
     default = data.get("default")
     if default is not None and not isinstance(default, str):
         found.add(("default",), f"must be a database name, got {type(default).__name__}", origin(("default",)))
@@ -405,6 +433,23 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
         found.add(("log_pool_events",), "must be true or false", origin(("log_pool_events",)))
         return None
     return RegistryConfig(default=default, databases=databases, log_pool_events=log_pool_events)
+
+
+def _check_across_fields(
+    databases: dict[str, DatabaseConfig], names: list[str], where: Where, found: _Collector
+) -> None:
+    """The `rules` of each database, then the `_pairs` checks of those whose replica_of holds."""
+    declared = {name: databases.get(name) for name in names}
+    broken_links: set[str] = set()
+    for name, db in databases.items():
+        for field_name, message in check(name, db, declared):
+            path: PathKey = ("databases", name, field_name)
+            found.add(path, message, where.origin(path if field_name in db.model_fields_set else path[:2]))
+            if field_name == "replica_of":
+                broken_links.add(name)
+    paired = {name: db for name, db in databases.items() if name not in broken_links}
+    for pair_path, message in check_pairs(paired, where):
+        found.add(pair_path, message, where.origin(pair_path))
 
 
 def _unknown_key(key: str, known: tuple[str, ...] | list[str]) -> str:

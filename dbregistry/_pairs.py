@@ -70,7 +70,7 @@ def _unset_variable_advice(name: str, primary: str, where: Where, wanted: tuple[
         if fell_back:
             variable = fell_back[0]
             return (
-                f"{variable} is not set, so {side}'s url is the default written in the file; "
+                f"{variable} is not set, so {side}'s url is the default of its ${{{variable}:-...}}; "
                 f"set {variable} to the {role}'s {kind}URL"
             )
     return None

@@ -46,14 +46,14 @@ class TestReplicaOnAnotherDialect:
         assert problems(fallbacks, {"DATABASE_URL": PG}) == [
             f"{fallbacks}:6  databases.replica.url: a sqlite replica of a postgresql primary (this url from "
             f"{fallbacks}:6, primary's from DATABASE_URL); REPLICA_DATABASE_URL is not set, so replica's url is "
-            "the default written in the file; set REPLICA_DATABASE_URL to the replica's postgresql URL"
+            "the default of its ${REPLICA_DATABASE_URL:-...}; set REPLICA_DATABASE_URL to the replica's postgresql URL"
         ]
 
     def test_a_forgotten_primary_variable_names_itself(self, fallbacks: Path) -> None:
         assert problems(fallbacks, {"REPLICA_DATABASE_URL": PG_REPLICA}) == [
             f"REPLICA_DATABASE_URL  databases.replica.url: a postgresql replica of a sqlite primary (this url from "
             f"REPLICA_DATABASE_URL, primary's from {fallbacks}:4); DATABASE_URL is not set, so primary's url is "
-            "the default written in the file; set DATABASE_URL to the primary's postgresql URL"
+            "the default of its ${DATABASE_URL:-...}; set DATABASE_URL to the primary's postgresql URL"
         ]
 
     def test_an_empty_replica_variable_is_an_empty_url_not_a_fallback(self, fallbacks: Path) -> None:
@@ -117,7 +117,7 @@ class TestReplicaOnItsPrimary:
         )
         (problem,) = problems(path, {})
         assert problem.endswith(
-            "REPLICA_DATABASE_URL is not set, so replica's url is the default written in the file; "
+            "REPLICA_DATABASE_URL is not set, so replica's url is the default of its ${REPLICA_DATABASE_URL:-...}; "
             "set REPLICA_DATABASE_URL to the replica's URL"
         )
 
@@ -177,6 +177,6 @@ class TestTheShippedFile:
         assert problem == (
             f"{shipped}:19  databases.replica.url: a sqlite replica of a postgresql primary (this url "
             f"from {shipped}:19, primary's from DATABASE_URL); REPLICA_DATABASE_URL is not set, so "
-            "replica's url is the default written in the file; set REPLICA_DATABASE_URL to the replica's "
+            "replica's url is the default of its ${REPLICA_DATABASE_URL:-...}; set REPLICA_DATABASE_URL to the replica's "
             "postgresql URL"
         )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import URL
 
+from .poolers import detect as detect_pooler
 from .schema import DatabaseConfig
 from .sources import Origin, url_variable
 from .urls import dialect_of, is_sqlite, is_sqlite_memory
@@ -128,6 +129,20 @@ def a_direct_url_has_the_urls_dialect(
         f"a {dialect_of(db.direct_url)} URL for a {dialect_of(db.url)} database (url from "
         f"{where.origin(_url(name))}); direct_url is the same database reached past its pooler, "
         "so it has the url's dialect",
+    )
+
+
+@pair_rule
+def a_direct_url_is_past_the_pooler(
+    name: str, db: DatabaseConfig, databases: Mapping[str, DatabaseConfig], where: Where
+) -> Iterator[Finding]:
+    pooler = detect_pooler(db)
+    if db.direct_url is None or not pooler.transaction_mode or _target(db.direct_url) != _target(db.url):
+        return
+    yield (
+        _url(name, "direct_url"),
+        f"is the pooler's own address, as url is (url from {where.origin(_url(name))}; {pooler.reason}), so "
+        "get(direct=True) would still go through the pooler; give the server's own host or port",
     )
 
 

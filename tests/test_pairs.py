@@ -159,6 +159,26 @@ class TestDirectUrl:
             "direct_url is the same database reached past its pooler, so it has the url's dialect"
         ]
 
+    def test_at_the_poolers_own_address(self, tmp_path: Path) -> None:
+        path = tmp_path / "databases.yaml"
+        path.write_text(
+            f"databases:\n  app:\n    url: '{PG}'\n    pooler: pgbouncer-transaction\n"
+            f"    direct_url: '{PG.replace('postgresql', 'postgresql+psycopg')}'\n"
+        )
+        assert problems(path, {}) == [
+            f"{path}:5  databases.app.direct_url: is the pooler's own address, as url is (url from {path}:3; "
+            "declared (pooler:)), so get(direct=True) would still go through the pooler; give the server's own "
+            "host or port"
+        ]
+
+    def test_past_the_pooler_on_another_port(self, tmp_path: Path) -> None:
+        path = tmp_path / "databases.yaml"
+        path.write_text(
+            f"databases:\n  app:\n    url: '{PG.replace('db-primary', 'db-primary:6432')}'\n"
+            f"    pooler: pgbouncer-transaction\n    direct_url: '{PG}'\n"
+        )
+        assert Registry.from_yaml(path, environ={})["app"].direct_url is not None
+
 
 class TestTheShippedFile:
     def test_loads_on_a_laptop(self) -> None:

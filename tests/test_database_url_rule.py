@@ -12,11 +12,14 @@ The table crosses every layout with each of the three kinds of variable, set or 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from pathlib import Path
 
 import pytest
+from servers import PostgresServer, ReplicaServer
+from sqlalchemy import text
 
 from dbregistry import ConfigError, Registry
 
@@ -237,3 +240,33 @@ class TestAroundTheTable:
         mapping = {"databases": {"main": {"url": "sqlite://"}, "reporting": {"url": "sqlite://"}}}
         with pytest.raises(ConfigError, match=re.escape("  DATABASE_URL  is the default database's URL, but")):
             Registry.from_dict(mapping, environ={DU: DATABASE_URL})
+
+
+@pytest.mark.postgres
+@pytest.mark.replica
+def test_the_readme_recipe_reads_from_the_real_replica_in_both_modes(
+    pg: PostgresServer, pg_replica: ReplicaServer
+) -> None:
+    registry = Registry.from_env(
+        environ={
+            "DATABASE_URL": pg.url_string(),
+            "DBREGISTRY_DATABASES__REPLICA__URL": pg_replica.url_string(),
+            "DBREGISTRY_DATABASES__REPLICA__REPLICA_OF": "primary",
+        },
+        env_file=None,
+    )
+    in_recovery = text("SELECT pg_is_in_recovery()")
+    with registry.get().connect() as conn:
+        assert conn.execute(in_recovery).scalar() is False
+    with registry.reader().connect() as conn:
+        assert conn.execute(in_recovery).scalar() is True
+
+    async def async_reads() -> tuple[object, object]:
+        async with registry.get_async().connect() as conn:
+            writer = (await conn.execute(in_recovery)).scalar()
+        async with registry.async_reader().connect() as conn:
+            reader = (await conn.execute(in_recovery)).scalar()
+        await registry.aclose()
+        return writer, reader
+
+    assert asyncio.run(async_reads()) == (False, True)

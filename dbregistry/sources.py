@@ -363,7 +363,7 @@ def collect_layers(
     """Every layer, lowest precedence first. The order, highest first, is:
 
     1. ``overrides=`` passed in code
-    2. environment variables: ``DBREGISTRY_*``, then ``DATABASE_URL`` / ``<NAME>_DATABASE_URL``
+    2. environment variables: ``DBREGISTRY_*``, then ``<NAME>_DATABASE_URL``, then ``DATABASE_URL``
     3. the ``.env`` file, read the same way
     4. secret files (``password_file``), applied after the merge (`apply_password_files`)
     5. the YAML profile overlay

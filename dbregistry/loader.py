@@ -3,9 +3,9 @@
 The steps: pick the profile, substitute ``${...}`` in the file's values, merge
 the layers (`sources.collect_layers` states the precedence), apply secret
 files, validate every database with pydantic, run the cross-field `rules` and
-the checks across databases (`_pairs`), and
-validate the profiles that were not selected. Problems name the field path and
-the file and line, or the variable, their value came from.
+the checks across databases (`_pairs`), and validate the profiles that were not
+selected. Problems name the field path and the file and line, or the variable,
+their value came from.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ may repeat the URL).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,18 +108,21 @@ def build_sync_engine(name: str, db: DatabaseConfig, origin: Origin, *, url: URL
     try:
         return sqlalchemy.create_engine(spec.url, **spec.kwargs)
     except Exception as e:
-        raise _build_error(name, origin, e) from None
+        raise _build_error(name, origin, e, spec.url) from None
 
 
 def build_async_engine(name: str, db: DatabaseConfig, origin: Origin, *, url: URL | None = None) -> AsyncEngine:
     """``create_async_engine`` for one declared database."""
-    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415 - ~20 ms, async users only
-
     spec = _spec_or_error(name, db, origin, is_async=True, url=url)
     try:
+        # SQLAlchemy raises for a missing greenlet only once per process, then builds async engines
+        # that cannot run: import it on every build, first, so that every call fails alike.
+        importlib.import_module("greenlet")
+        from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415 - ~20 ms, async users only
+
         engine = create_async_engine(spec.url, **spec.kwargs)
     except Exception as e:
-        raise _build_error(name, origin, e) from None
+        raise _build_error(name, origin, e, spec.url) from None
     sync_engine = engine.sync_engine
 
     def remember_loop(dbapi_connection: Any, record: Any) -> None:
@@ -150,10 +154,31 @@ def _problem(name: str, origin: Origin, message: str) -> ConfigError:
     return ConfigError([problem], origin=origin.file or origin.source)
 
 
-def _build_error(name: str, origin: Origin, error: Exception) -> ConfigError:
+# greenlet comes with both async extras; the one named is the extra of the URL's dialect.
+_GREENLET_EXTRAS = {
+    "postgresql": "pip install 'dbregistry[postgres]'",
+    "sqlite": "pip install 'dbregistry[sqlite-async]'",
+}
+
+
+def _build_error(name: str, origin: Origin, error: Exception, url: URL) -> ConfigError:
+    if isinstance(error, ModuleNotFoundError) and error.name and error.name.partition(".")[0] == "greenlet":
+        hint = _GREENLET_EXTRAS.get(url.get_backend_name(), "pip install greenlet")
+        return _problem(
+            name,
+            origin,
+            f"async engines need the module 'greenlet' (SQLAlchemy's asyncio), not installed; run `{hint}`",
+        )
     if isinstance(error, ModuleNotFoundError) and error.name:
         return _problem(
             name, origin, f"the driver module {error.name!r} is not installed; run `{install_hint(error.name)}`"
+        )
+    if isinstance(error, ImportError):
+        # A driver that is installed but cannot load (psycopg without libpq, a wheel for another Python).
+        module = error.name or url.get_driver_name()
+        reason = " ".join(str(error).split())
+        return _problem(
+            name, origin, f"the driver module {module!r} cannot be imported ({reason}); run `{install_hint(module)}`"
         )
     if isinstance(error, sqlalchemy.exc.InvalidRequestError) and "async" in str(error):
         return _problem(

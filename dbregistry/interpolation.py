@@ -25,7 +25,7 @@ from typing import Any
 
 from ._secrets import NotUtf8Error, utf8_text
 
-__all__ = ["InterpolationError", "interpolate", "interpolate_tree"]
+__all__ = ["InterpolationError", "interpolate", "interpolate_tree", "referenced_variables", "substitutions"]
 
 _PATTERN = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?)(?P<arg>.*))?\Z", re.S)
@@ -135,3 +135,22 @@ def interpolate_tree(
         items = [interpolate_tree(v, environ, on_error, (*path, i)) for i, v in enumerate(data)]
         return data if all(new is old for new, old in zip(items, data, strict=True)) else items
     return data
+
+
+def substitutions(value: str) -> list[tuple[str, str]]:
+    """Each variable a ``${...}`` of ``value`` names, with its operator (``""``, ``:-``, ``-``, ``:?``, ``?``)."""
+    found: list[tuple[str, str]] = []
+    for match in _PATTERN.finditer(value):
+        expression = match.group(1)
+        parsed = _EXPRESSION.match(expression) if expression is not None else None
+        if parsed is not None:
+            found.append((parsed.group("name"), parsed.group("op") or ""))
+    return found
+
+
+def referenced_variables(data: Any) -> set[str]:
+    """The variables named by a ``${...}`` anywhere in ``data``'s strings."""
+    if isinstance(data, str):
+        return {name for name, _ in substitutions(data)} if "$" in data else set()
+    values = data.values() if isinstance(data, dict) else data if isinstance(data, list) else ()
+    return set().union(*(referenced_variables(v) for v in values))

@@ -2,16 +2,17 @@
 
 The steps: pick the profile, substitute ``${...}`` in the file's values, merge
 the layers (`sources.collect_layers` states the precedence), apply secret
-files, validate every database with pydantic, run the cross-field `rules`, and
-validate the profiles that were not selected. Problems name the field path and
-the file and line, or the variable, their value came from.
+files, validate every database with pydantic, run the cross-field `rules` and
+the checks across databases (`_pairs`), and validate the profiles that were not
+selected. Problems name the field path and the file and line, or the variable,
+their value came from.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
+from ._pairs import Where, check_pairs
 from ._secrets import NotUtf8Error, looks_like_credentials, shown_name, utf8_text
 from .errors import ConfigError, Problem, closest, redact, unknown_name_message
-from .interpolation import interpolate_tree
+from .interpolation import interpolate_tree, referenced_variables, substitutions
 from .rules import check
 from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, field_names
 from .sources import (
@@ -34,6 +36,7 @@ from .sources import (
     Precedence,
     base_layer,
     collect_layers,
+    default_database,
     document_origin,
     merge,
     profile_layer,
@@ -121,9 +124,13 @@ def load_config(
     _check_prefixed_variables(environ, Precedence.ENVIRON, "", found)
     variables = {**dotenv, **environ}
     selected = None
+    consumed: set[str] = set()
+    written: dict[str, Any] = {}
     if document is not None:
         _check_profiles_section(document, found)
         selected = select_profile(document, profile, variables, found)
+        written = _applied(document, selected)
+        consumed = referenced_variables(written)
         document = _interpolated(document, selected, variables, found)
     layers = collect_layers(
         document=document,
@@ -132,10 +139,14 @@ def load_config(
         dotenv_label=dotenv_label,
         environ=environ,
         overrides=overrides,
+        consumed=consumed,
     )
+    for layer in layers:
+        for path, message in layer.problems:
+            found.add(path, message, layer.origin_of(path))
     merged = merge(layers)
     _apply_password_files(merged, found)
-    config = _validate(merged, found, document is not None)
+    config = _validate(merged, found, document is not None, _fallbacks(written, selected, variables, merged))
     if document is not None:
         _validate_other_profiles(document, selected, variables, found)
     if found.problems or config is None:
@@ -254,6 +265,14 @@ def _interpolated(
     return replace(document, data=data)
 
 
+def _applied(document: YamlDocument, selected: str | None) -> dict[str, Any]:
+    """The parts of the document that are applied: its base and the selected profile."""
+    data = {k: v for k, v in document.data.items() if k != "profiles"}
+    if selected is not None:
+        data["profiles"] = {selected: _profiles(document).get(selected)}
+    return data
+
+
 def _shown_path(path: PathKey) -> PathKey:
     """A selected profile's values are reported at the path they set (``databases.x.y``)."""
     return path[2:] if len(path) > 2 and path[0] == "profiles" else path
@@ -327,7 +346,36 @@ def _apply_password_files(merged: Merged, found: _Collector) -> None:
 # -- validation -------------------------------------------------------------------
 
 
-def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryConfig | None:
+def _fallbacks(
+    written: dict[str, Any], selected: str | None, variables: Mapping[str, str], merged: Merged
+) -> Callable[[PathKey], list[str]]:
+    """The variables whose ``${VAR:-default}`` fell back to the default, for a value still as the file wrote it."""
+
+    def fell_back(path: PathKey) -> list[str]:
+        if merged.origin(path).precedence not in (Precedence.YAML, Precedence.PROFILE):
+            return []
+        value = _at(written.get("profiles", {}).get(selected), path) if selected is not None else None
+        value = value if value is not None else _at(written, path)
+        if not isinstance(value, str):
+            return []
+        return [
+            name
+            for name, op in substitutions(value)
+            if (op == ":-" and not variables.get(name)) or (op == "-" and name not in variables)
+        ]
+
+    return fell_back
+
+
+def _at(data: Any, path: PathKey) -> Any:
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _validate(
+    merged: Merged, found: _Collector, from_file: bool, fell_back: Callable[[PathKey], list[str]] | None = None
+) -> RegistryConfig | None:
     data = merged.data
     origin = merged.origin
     for key in data:
@@ -378,11 +426,7 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
             for loc, message in _describe_errors(entry, e.errors()).items():
                 where = (*path, *loc)
                 found.add(where, message, origin(where))
-    declared = {name: databases.get(name) for name in raw}
-    for name, db in databases.items():
-        for field_name, message in check(name, db, declared):
-            where = ("databases", name, field_name)
-            found.add(where, message, origin(where) if field_name in db.model_fields_set else origin(where[:2]))
+    _check_across_fields(databases, list(raw), Where(origin, fell_back or (lambda _path: [])), found)
     default = data.get("default")
     if default is not None and not isinstance(default, str):
         found.add(("default",), f"must be a database name, got {type(default).__name__}", origin(("default",)))
@@ -391,14 +435,30 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
         found.add(("default",), unknown_name_message(default, list(raw)), origin(("default",)))
     if found.problems:
         return None
-    if default is None:
-        default = "primary" if "primary" in databases else (next(iter(databases)) if len(databases) == 1 else None)
+    default = default_database(list(databases), default)
     try:
         log_pool_events = _BOOL.validate_python(data.get("log_pool_events", False))
     except ValidationError:
         found.add(("log_pool_events",), "must be true or false", origin(("log_pool_events",)))
         return None
     return RegistryConfig(default=default, databases=databases, log_pool_events=log_pool_events)
+
+
+def _check_across_fields(
+    databases: dict[str, DatabaseConfig], names: list[str], where: Where, found: _Collector
+) -> None:
+    """The `rules` of each database, then the `_pairs` checks of those whose replica_of holds."""
+    declared = {name: databases.get(name) for name in names}
+    broken_links: set[str] = set()
+    for name, db in databases.items():
+        for field_name, message in check(name, db, declared):
+            path: PathKey = ("databases", name, field_name)
+            found.add(path, message, where.origin(path if field_name in db.model_fields_set else path[:2]))
+            if field_name == "replica_of":
+                broken_links.add(name)
+    paired = {name: db for name, db in databases.items() if name not in broken_links}
+    for pair_path, message in check_pairs(paired, where):
+        found.add(pair_path, message, where.origin(pair_path))
 
 
 def _unknown_key(key: str, known: tuple[str, ...] | list[str]) -> str:

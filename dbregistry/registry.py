@@ -325,9 +325,10 @@ class Registry:
 
         ``read_only=True`` as for `session`, with `async_reader`.
         """
+        # The engine first: without greenlet, its ConfigError says what to install; the import would not.
+        bind = _read_only(self.async_reader(name)) if read_only else self.get_async(name)
         from sqlalchemy.ext.asyncio import AsyncSession  # noqa: PLC0415
 
-        bind = _read_only(self.async_reader(name)) if read_only else self.get_async(name)
         return AsyncSession(bind=bind, **kwargs)
 
     # -- read/write routing (dbregistry.routing) -------------------------------------

@@ -10,7 +10,7 @@ small source of their own. `collect_layers` states the precedence, once.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -25,6 +25,7 @@ __all__ = [
     "Origins",
     "Precedence",
     "collect_layers",
+    "default_database",
     "env_var_for",
     "merge",
     "url_variable",
@@ -72,6 +73,8 @@ class Layer:
     data: dict[str, Any]
     origin_of: Callable[[PathKey], Origin]
     name: str = ""
+    # What the source found wrong in itself while reading: (path, message), reported at origin_of(path).
+    problems: list[tuple[PathKey, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -268,17 +271,37 @@ def prefixed_env_layer(environ: Mapping[str, str], precedence: Precedence, label
     return Layer(precedence, data, origin, f"environment{label}")
 
 
+def default_database(names: Collection[str], explicit: str | None) -> str | None:
+    """The default database: the one ``default:`` / ``DBREGISTRY_DEFAULT`` names, else ``primary``, else the only one.
+
+    The one place the default is inferred; None when several are declared and none is named.
+    """
+    if explicit is not None:
+        return explicit
+    if "primary" in names:
+        return "primary"
+    return next(iter(names)) if len(names) == 1 else None
+
+
 def url_env_layer(
     environ: Mapping[str, str],
     precedence: Precedence,
     label: str,
     declared: list[str],
-    default: str | None,
+    explicit_default: str | None,
+    *,
+    declaration: bool,
+    consumed: Collection[str] = (),
 ) -> Layer:
     """``DATABASE_URL`` for the default database, ``<NAME>_DATABASE_URL`` for declared ones.
 
-    No database is invented from ``<NAME>_DATABASE_URL``; ``DATABASE_URL``
-    alone declares ``primary`` when nothing else declares any database.
+    ``declaration`` says whether a file, a mapping or ``overrides=`` declares any
+    database. Without one, ``DATABASE_URL`` declares the default database
+    (``primary``, or the name ``DBREGISTRY_DEFAULT`` gives) beside any that
+    ``DBREGISTRY_*`` variables declare. With one, it is the URL of the default
+    database; when there is none, a set ``DATABASE_URL`` is a problem of this
+    layer, unless the file's ``${DATABASE_URL}`` already used it (``consumed``).
+    No database is invented from ``<NAME>_DATABASE_URL``.
     """
     databases: dict[str, Any] = {}
     variables: dict[str, str] = {}
@@ -287,21 +310,38 @@ def url_env_layer(
         if variable in environ and variable != "DATABASE_URL":
             databases[name] = {"url": environ[variable]}
             variables[name] = variable
-    # A default that names no declared database is reported by validation; DATABASE_URL
-    # must not quietly declare a database under a mistyped name.
-    target = default if default in declared else ("primary" if not declared else None)
-    if "DATABASE_URL" in environ and target is not None:
-        databases[target] = {"url": environ["DATABASE_URL"]}
-        variables[target] = "DATABASE_URL"
-    data: dict[str, Any] = {"databases": databases} if databases else {}
-    if target is not None and not declared and databases:
-        data["default"] = target
+    problems: list[tuple[PathKey, str]] = []
+    data: dict[str, Any] = {}
+    if "DATABASE_URL" in environ:
+        if not declaration:
+            target: str | None = explicit_default or "primary"
+            if explicit_default is None:
+                data["default"] = target
+        else:
+            target = default_database(declared, explicit_default)
+            if target is None and "DATABASE_URL" not in consumed:
+                problems.append(((), _no_default_for_database_url(declared)))
+            # A default that names no declared database is reported by validation; DATABASE_URL
+            # must not quietly declare a database under a mistyped name.
+            target = target if target in declared else None
+        if target is not None and target not in databases:  # REPLICA_DATABASE_URL beats DATABASE_URL
+            databases[target] = {"url": environ["DATABASE_URL"]}
+            variables[target] = "DATABASE_URL"
+    if databases:
+        data["databases"] = databases
 
     def origin(path: PathKey) -> Origin:
-        name = str(path[1]) if len(path) > 1 else (default or "")
+        name = str(path[1]) if len(path) > 1 else ""
         return Origin(precedence, variables.get(name, "DATABASE_URL") + label)
 
-    return Layer(precedence, data, origin, f"environment{label}")
+    return Layer(precedence, data, origin, f"environment{label}", problems)
+
+
+def _no_default_for_database_url(declared: list[str]) -> str:
+    return (
+        f"is the default database's URL, but none of the declared {', '.join(declared)} is the default; "
+        "name the one it is for with `default: <name>` or DBREGISTRY_DEFAULT=<name>"
+    )
 
 
 def overrides_layer(overrides: Mapping[str, Any]) -> Layer:
@@ -318,16 +358,19 @@ def collect_layers(
     dotenv_label: str,
     environ: Mapping[str, str],
     overrides: Mapping[str, Any] | None,
+    consumed: Collection[str] = (),
 ) -> list[Layer]:
     """Every layer, lowest precedence first. The order, highest first, is:
 
     1. ``overrides=`` passed in code
-    2. environment variables: ``DBREGISTRY_*``, then ``DATABASE_URL`` / ``<NAME>_DATABASE_URL``
+    2. environment variables: ``DBREGISTRY_*``, then ``<NAME>_DATABASE_URL``, then ``DATABASE_URL``
     3. the ``.env`` file, read the same way
     4. secret files (``password_file``), applied after the merge (`apply_password_files`)
     5. the YAML profile overlay
     6. the YAML base (or the mapping given to ``from_dict``)
     7. defaults: SQLAlchemy's own, for every option left unset
+
+    ``consumed``: the variables the file's ``${...}`` substituted (see `url_env_layer`).
     """
     layers: list[Layer] = []
     if document is not None:
@@ -335,13 +378,17 @@ def collect_layers(
     if overrides:
         layers.append(overrides_layer(overrides))
     written, _ = _declared(layers)
+    declaration = any(layer.data.get("databases") is not None for layer in layers)
     layers.append(prefixed_env_layer(dotenv, Precedence.DOTENV, dotenv_label, written))
     layers.append(prefixed_env_layer(environ, Precedence.ENVIRON, "", written))
     layers.sort(key=lambda layer: layer.precedence)
-    declared, default = _declared(layers)
+    declared, explicit_default = _declared(layers)
     for env, precedence, label in ((dotenv, Precedence.DOTENV, dotenv_label), (environ, Precedence.ENVIRON, "")):
         # Below the DBREGISTRY_* variables of the same tier: the specific beats the conventional.
-        layers.insert(_position(layers, precedence), url_env_layer(env, precedence, label, declared, default))
+        layer = url_env_layer(
+            env, precedence, label, declared, explicit_default, declaration=declaration, consumed=consumed
+        )
+        layers.insert(_position(layers, precedence), layer)
     return layers
 
 
@@ -350,6 +397,7 @@ def _position(layers: list[Layer], precedence: Precedence) -> int:
 
 
 def _declared(layers: list[Layer]) -> tuple[list[str], str | None]:
+    """Every database name the layers declare, and the default the highest of them names (if any)."""
     names: dict[str, None] = {}
     default: str | None = None
     for layer in layers:
@@ -359,7 +407,4 @@ def _declared(layers: list[Layer]) -> tuple[list[str], str | None]:
         value = layer.data.get("default")
         if isinstance(value, str):
             default = value
-    declared = list(names)
-    if default is None:
-        default = "primary" if "primary" in names else (declared[0] if len(declared) == 1 else None)
-    return declared, default
+    return list(names), default

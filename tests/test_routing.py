@@ -31,11 +31,18 @@ def make(tmp_path: Path, databases: dict[str, dict[str, Any]], **top: Any) -> Re
 
 
 def pair(tmp_path: Path, replica_url: str | None = None, **replica: Any) -> Registry:
-    """primary + one replica (by default a healthy SQLite file)."""
+    """primary + one replica (by default a healthy SQLite file).
+
+    A PostgreSQL replica gets a PostgreSQL primary, never connected to here: a replica on
+    another dialect than its primary is refused at load.
+    """
+    primary = sqlite_url(tmp_path / "primary.db")
+    if replica_url is not None and replica_url.startswith("postgresql"):
+        primary = "postgresql://app@127.0.0.1:2/app"
     return make(
         tmp_path,
         {
-            "primary": {"url": sqlite_url(tmp_path / "primary.db")},
+            "primary": {"url": primary},
             "replica": {"url": replica_url or sqlite_url(tmp_path / "replica.db"), "replica_of": "primary", **replica},
         },
     )

@@ -75,7 +75,8 @@ class _Collector:
     unresolved: set[str] = field(default_factory=set)
 
     def add(self, path: PathKey, message: str, origin: Origin, *, unresolved: bool = False) -> None:
-        dotted = ".".join(str(p) for p in path)
+        # A key is user input too: one that may hold a password is described in the path.
+        dotted = ".".join("<not shown>" if looks_like_credentials(str(p)) else str(p) for p in path)
         if dotted in self.unresolved:
             return
         if unresolved:

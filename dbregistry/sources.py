@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from .schema import NAME_PATTERN
 from .yamlfile import PathKey, YamlDocument, line_of
 
 __all__ = [
@@ -314,7 +315,10 @@ def url_env_layer(
     data: dict[str, Any] = {}
     if "DATABASE_URL" in environ:
         if not declaration:
-            target: str | None = explicit_default or "primary"
+            # A DBREGISTRY_DEFAULT that cannot be a name is reported by validation; it must not
+            # become a database (its text would then be a field path, and may hold a password).
+            named = explicit_default is not None and re.fullmatch(NAME_PATTERN, explicit_default) is not None
+            target: str | None = explicit_default if named else "primary"
             if explicit_default is None:
                 data["default"] = target
         else:

@@ -20,10 +20,10 @@ section for the table.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final
 
-from ._metrics import KINDS, PoolMeter, meters_of
+from ._metrics import KINDS, Histogram, PoolMeter, meters_of
 
 try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from .registry import Registry
+    from .routing import ReplicaStatus
 
 __all__ = ["RegistryCollector"]
 
@@ -67,43 +68,54 @@ class RegistryCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         registry = self._registry()
-        live = registry is not None and not registry.closed
-        pools = self._meters.pools() if live else []
-        yield from _pool_metrics(pools)
-        if registry is None or not live:
-            statuses, fallbacks = {}, {}
-        else:
-            statuses, fallbacks = registry.replica_status(), registry.read_fallbacks()
-        up = GaugeMetricFamily(
-            "dbregistry_replica_up",
-            "1 while reads may go to the replica, 0 while routing skips it (down, or lagging too far).",
-            labels=_REPLICA_LABELS,
+        if registry is None or registry.closed:
+            return self.describe()
+        return _families(
+            self._meters.pools(), registry.replica_status(), registry.read_fallbacks(), self._meters.health.snapshot()
         )
-        lag = GaugeMetricFamily(
-            "dbregistry_replica_lag_seconds",
-            "The replica's replay lag at its last lag check (replicas declaring replica_max_lag_seconds).",
-            labels=_REPLICA_LABELS,
-        )
-        for name, status in statuses.items():
-            up.add_metric([name, status.primary], int(status.up))
-            if status.lag_seconds is not None:
-                lag.add_metric([name, status.primary], status.lag_seconds)
-        fell_back = CounterMetricFamily(
-            "dbregistry_routing_fallbacks",
-            "reader() calls of a database with replicas that got the database itself, no replica being healthy.",
-            labels=["pool_name"],
-        )
-        for name, count in fallbacks.items():
-            fell_back.add_metric([name], count)
-        health = HistogramMetricFamily(
-            "dbregistry_health_latency_seconds",
-            "Time to check out a connection and run a health check ping.",
-            labels=["pool_name", "mode"],
-        )
-        for (name, mode), histogram in self._meters.health.snapshot().items():
-            buckets, total = histogram.snapshot()
-            health.add_metric([name, mode], buckets, total)
-        yield from (up, lag, fell_back, health)
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples: registering a second collector into one `CollectorRegistry` fails."""
+        return _families([], {}, {}, {})
+
+
+def _families(
+    pools: Iterable[PoolMeter],
+    statuses: Mapping[str, ReplicaStatus],
+    fallbacks: Mapping[str, int],
+    health_latency: Mapping[tuple[str, str], Histogram],
+) -> Iterator[Metric]:
+    yield from _pool_metrics(pools)
+    up = GaugeMetricFamily(
+        "dbregistry_replica_up",
+        "1 while reads may go to the replica, 0 while routing skips it (down, or lagging too far).",
+        labels=_REPLICA_LABELS,
+    )
+    lag = GaugeMetricFamily(
+        "dbregistry_replica_lag_seconds",
+        "The replica's replay lag at its last lag check (replicas declaring replica_max_lag_seconds).",
+        labels=_REPLICA_LABELS,
+    )
+    for name, status in statuses.items():
+        up.add_metric([name, status.primary], int(status.up))
+        if status.lag_seconds is not None:
+            lag.add_metric([name, status.primary], status.lag_seconds)
+    fell_back = CounterMetricFamily(
+        "dbregistry_routing_fallbacks",
+        "reader() calls of a database with replicas that got the database itself, no replica being healthy.",
+        labels=["pool_name"],
+    )
+    for name, count in fallbacks.items():
+        fell_back.add_metric([name], count)
+    health = HistogramMetricFamily(
+        "dbregistry_health_latency_seconds",
+        "Time to check out a connection and run a health check ping.",
+        labels=["pool_name", "mode"],
+    )
+    for (name, mode), histogram in health_latency.items():
+        buckets, total = histogram.snapshot()
+        health.add_metric([name, mode], buckets, total)
+    yield from (up, lag, fell_back, health)
 
 
 def _keep_histograms(pool: PoolMeter) -> None:

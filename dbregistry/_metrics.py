@@ -23,6 +23,7 @@ import functools
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -48,6 +49,7 @@ __all__ = [
     "PoolFigures",
     "PoolMeter",
     "RegistryMeters",
+    "SampleBuffer",
     "meters_of",
     "pool_meter",
 ]
@@ -92,6 +94,39 @@ class Histogram:
         return buckets, total
 
 
+class SampleBuffer:
+    """Samples for a set of `Histogram`, appended without a lock on the request path and folded in later.
+
+    A ``with lock`` per sample costs little alone, but 32 threads contending for it
+    under the GIL queue up behind whichever holder was preempted. Appending to a
+    deque is atomic; the samples are folded into the buckets by whoever reads them,
+    or by the writer that finds ``limit`` waiting (which bounds the memory held).
+    """
+
+    __slots__ = ("_lock", "_samples", "histograms", "limit")
+
+    def __init__(self, histograms: dict[str, Histogram], limit: int = 1024) -> None:
+        self.histograms = histograms
+        self.limit = limit
+        self._samples: deque[tuple[str, float]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, kind: str, seconds: float) -> None:
+        samples = self._samples
+        samples.append((kind, seconds))
+        if len(samples) >= self.limit:
+            self.fold()
+
+    def fold(self) -> None:
+        samples = self._samples
+        histograms = self.histograms
+        with self._lock:
+            # What is there now: writers appending meanwhile must not keep this loop going.
+            for _ in range(len(samples)):
+                kind, seconds = samples.popleft()
+                histograms[kind].observe(seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class PoolFigures:
     """One pool's state now; None where its class keeps no such figure. Never negative."""
@@ -123,17 +158,17 @@ class PoolMeter:
         self.direct = direct
         self.engine = engine
         self._lock = threading.Lock()
-        self._pending = 0
+        # One item per checkout under way: deque.append/pop are atomic, so the request path takes no lock.
+        self._waiting: deque[None] = deque()
         self._timeouts = 0
         self._recorders: tuple[Recorder, ...] = ()
-        self.histograms: dict[str, Histogram] | None = None
+        self._buffer: SampleBuffer | None = None
 
     # -- what exporters read -------------------------------------------------------------
 
     def figures(self) -> PoolFigures:
         pool: Pool = self.engine.pool  # dispose() replaces the pool: read the current one
-        with self._lock:
-            pending, timeouts = self._pending, self._timeouts
+        pending, timeouts = len(self._waiting), self._timeouts
         if isinstance(pool, QueuePool):
             used, idle, most, idle_max, idle_min = _queue_figures(pool)
             return PoolFigures(used, idle, most, idle_max, idle_min, pending, timeouts)
@@ -143,14 +178,21 @@ class PoolMeter:
         with self._lock:
             self._recorders = (*self._recorders, recorder)
 
-    def keep_histograms(self) -> dict[str, Histogram]:
-        """Start keeping buckets of every sample from now on (idempotent); returns them."""
+    def keep_histograms(self) -> None:
+        """Start keeping buckets of every sample from now on (idempotent)."""
         with self._lock:
-            if self.histograms is None:
-                self.histograms = {kind: Histogram() for kind in KINDS}
-                histograms = self.histograms
-                self._recorders = (*self._recorders, lambda kind, seconds: histograms[kind].observe(seconds))
-            return self.histograms
+            if self._buffer is None:
+                self._buffer = SampleBuffer({kind: Histogram() for kind in KINDS})
+                self._recorders = (*self._recorders, self._buffer.add)
+
+    @property
+    def histograms(self) -> dict[str, Histogram] | None:
+        """The buckets kept since `keep_histograms`, up to date (None before)."""
+        buffer = self._buffer
+        if buffer is None:
+            return None
+        buffer.fold()
+        return buffer.histograms
 
     # -- what the pool's events feed ---------------------------------------------------------
 
@@ -164,11 +206,11 @@ class PoolMeter:
         event.listen(engine, "checkout", self._on_checkout)
         event.listen(engine, "checkin", self._on_checkin)
         raw_connection = engine.raw_connection
+        waiting = self._waiting
 
         @functools.wraps(raw_connection)
         def raw_connection_measured() -> Any:
-            with self._lock:
-                self._pending += 1
+            waiting.append(None)
             started = time.perf_counter()
             try:
                 connection = raw_connection()
@@ -177,8 +219,7 @@ class PoolMeter:
                     self._timeouts += 1
                 raise
             finally:
-                with self._lock:
-                    self._pending -= 1
+                waiting.pop()
             self._record("wait_time", time.perf_counter() - started)
             return connection
 

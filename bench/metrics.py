@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -14,7 +15,7 @@ from dbregistry.opentelemetry import instrument
 from dbregistry.prometheus import RegistryCollector
 
 from .common import POOL_FIELDS, Context, FigureResult, Target, compared, interleave
-from .server import CONCURRENCY, _interleave_async, async_throughput, sync_throughput
+from .server import CONCURRENCY, SELECT_ONE, _interleave_async, async_throughput, sync_throughput
 
 SIDES = ("plain", "again", "opentelemetry", "prometheus")
 
@@ -48,6 +49,34 @@ def _rows(result: FigureResult, mode: str, samples: dict[str, list[float]]) -> N
             note="two identical engines: the ratio shows what noise alone does",
         )
     )
+
+
+def cpu_per_query(engine: Any, seconds: float) -> float:
+    """Microseconds of this thread's CPU per query, sequentially: what the load of other processes does not skew."""
+    count = 0
+    cpu = time.thread_time()
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        with engine.connect() as conn:
+            conn.execute(SELECT_ONE).scalar()
+        count += 1
+    return (time.thread_time() - cpu) / count * 1e6
+
+
+def _cpu_rows(result: FigureResult, samples: dict[str, list[float]]) -> None:
+    sides = (("opentelemetry", "instrument()"), ("prometheus", "RegistryCollector"), ("again", "uninstrumented again"))
+    for side, name in sides:
+        result.rows.append(
+            compared(
+                f"  sync, sequential, client CPU per query: {name}",
+                samples[side],
+                samples["plain"],
+                "us",
+                "uninstrumented",
+                "info",
+                note="thread_time per query; the server's CPU is not in it",
+            )
+        )
 
 
 def _check_recorded(reader: InMemoryMetricReader, metrics: CollectorRegistry) -> int:
@@ -89,6 +118,11 @@ def figure_11(ctx: Context) -> FigureResult:
         )
         _rows(result, "sync", samples)
         result.data["sync_samples_recorded"] = _check_recorded(reader, metrics)
+        cpu = interleave(
+            {side: lambda e=engine: cpu_per_query(e, seconds) for side, engine in engines.items()},
+            repeats,
+        )
+        _cpu_rows(result, cpu)
     finally:
         for registry in registries.values():
             registry.close()

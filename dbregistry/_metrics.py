@@ -13,7 +13,9 @@ and times connects, checkouts and uses from SQLAlchemy's pool events:
 * use time: from the ``checkout`` event to the ``checkin`` event.
 
 Samples go to the recorders exporters add (OpenTelemetry histograms) and, once a
-Prometheus collector asks, into `Histogram` buckets kept here.
+Prometheus collector asks, into `Histogram` buckets kept here (through a
+`SampleBuffer`: the request path takes no lock). Listeners on the engine follow
+it through ``dispose()``, which recreates the pool with the same dispatch.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import logging
 import threading
 import time
 import weakref
@@ -58,6 +59,8 @@ __all__ = [
 
 # Seconds. OpenTelemetry's default buckets (0, 5, 10, 25 ... 10000) are meant for milliseconds.
 BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+logger = logging.getLogger("dbregistry.metrics")
 
 _METER = "dbregistry_metrics"
 _CHECKED_OUT_AT = "dbregistry_checked_out_at"
@@ -200,7 +203,11 @@ class PoolMeter:
 
     def _record(self, kind: str, seconds: float) -> None:
         for recorder in self._recorders:
-            recorder(kind, seconds)
+            try:
+                recorder(kind, seconds)
+            except Exception:
+                # A metrics backend that fails must not fail the checkout or checkin that fed it.
+                logger.exception("%s: recording %s failed", self.name, kind)
 
     def _attach(self) -> None:
         engine = self.engine

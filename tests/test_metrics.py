@@ -152,3 +152,19 @@ def test_health_latency_is_seen_for_each_database_up(tmp_path: Path) -> None:
         buckets, total = latency.snapshot()
         assert buckets[-1] == ("+Inf", 1)
         assert total == pytest.approx(reports["d"].latency_ms / 1000)
+
+
+def test_a_failing_recorder_does_not_fail_the_checkout(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(kind: str, seconds: float) -> None:
+        raise RuntimeError("backend down")
+
+    with sqlite_registry(tmp_path) as registry:
+        meters = meters_of(registry)
+        meters.add_pool_listener(lambda pool: pool.add_recorder(broken))
+        with registry.get("d").connect() as conn:
+            assert conn.exec_driver_sql("select 1").scalar() == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "dbregistry.metrics"] == [
+        "d: recording create_time failed",
+        "d: recording wait_time failed",
+        "d: recording use_time failed",
+    ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -260,7 +261,25 @@ def pool_meter(name: str, mode: str, direct: bool, engine: Engine | AsyncEngine)
             meter = PoolMeter(name, mode, direct, sync_engine)
             meter._attach()
             sync_engine.__dict__[_METER] = meter
+            _METERS.add(meter)
         return meter
+
+
+_METERS: weakref.WeakSet[PoolMeter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's threads do not exist here: their checkouts under way will never end, and a
+    # lock one of them held would never be released.
+    for meter in list(_METERS):
+        meter._waiting.clear()
+        meter._lock = threading.Lock()
+        if meter._buffer is not None:
+            meter._buffer._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 HealthRecorder = Callable[[str, str, float], None]

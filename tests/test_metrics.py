@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +171,28 @@ def test_a_failing_recorder_does_not_fail_the_checkout(tmp_path: Path, caplog: p
         "d: recording wait_time failed",
         "d: recording use_time failed",
     ]
+
+
+def test_a_forked_child_forgets_the_parent_s_checkouts_under_way(tmp_path: Path) -> None:
+    with sqlite_registry(tmp_path, pool_size=1, max_overflow=0, pool_timeout=10) as registry:
+        meters = meters_of(registry)
+        engine = registry.get("d")
+        held = engine.connect()
+        waiter = threading.Thread(target=lambda: engine.connect().close())
+        waiter.start()
+        (pool,) = meters.pools()
+        deadline = time.monotonic() + 10
+        while pool.figures().pending == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, on Python 3.12+
+            pid = os.fork()
+        if pid == 0:
+            os._exit(0 if pool.figures().pending == 0 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert pool.figures().pending == 1  # the parent's own thread is still waiting
+        held.close()
+        waiter.join(10)
+        assert pool.figures().pending == 0

@@ -41,6 +41,7 @@ from bench.common import (
     PostgresUnavailableError,
 )
 from bench.health import figure_10
+from bench.metrics import figure_11
 from bench.micro import figure_1, figure_2, figure_3
 from bench.pooler import figure_8
 from bench.process import figure_4, figure_5, figure_9
@@ -84,6 +85,14 @@ FIGURES: dict[int, Figure] = {
             "its timeout",
             "<= timeout + 0.5 s",
             figure_10,
+            needs_postgres=True,
+        ),
+        Figure(
+            11,
+            "SELECT 1 throughput, 32-way, with metrics",
+            "uninstrumented engine",
+            ">= 0.97x",
+            figure_11,
             needs_postgres=True,
         ),
     )

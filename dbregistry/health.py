@@ -24,7 +24,8 @@ import contextvars
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -51,6 +52,7 @@ __all__ = [
     "check_health",
     "check_health_async",
     "describe_error",
+    "observe_health",
     "pool_figures",
     "pool_stats",
     "secrets_of",
@@ -328,6 +330,24 @@ def _check_timeout(timeout: float) -> None:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
 
 
+# -- observers (dbregistry.opentelemetry / dbregistry.prometheus) -------------------
+
+HealthObserver = Callable[[str, str, HealthReport], None]
+_OBSERVERS: weakref.WeakKeyDictionary[Registry, list[HealthObserver]] = weakref.WeakKeyDictionary()
+
+
+def observe_health(registry: Registry, observer: HealthObserver) -> None:
+    """Call ``observer(name, mode, report)`` for every report `check_health` / `check_health_async` return for ``registry``."""
+    _OBSERVERS.setdefault(registry, []).append(observer)
+
+
+def _observed(registry: Registry, mode: str, reports: dict[str, HealthReport]) -> dict[str, HealthReport]:
+    for observer in _OBSERVERS.get(registry, ()):
+        for name, report in reports.items():
+            observer(name, mode, report)
+    return reports
+
+
 # -- every database -------------------------------------------------------------------
 
 
@@ -365,7 +385,7 @@ def check_health(
         if report is None:
             report = _timed_out(timeout, pool_stats(engines[name].pool))
         reports[name] = report
-    return reports
+    return _observed(registry, "sync", reports)
 
 
 def _run_ping(engine: Engine, db: DatabaseConfig, timeout: float, results: dict[str, HealthReport], name: str) -> None:
@@ -401,4 +421,4 @@ async def check_health_async(
         return _up(answer, started, pool_stats(engine.sync_engine.pool))
 
     reports = await asyncio.gather(*(one(name) for name in chosen))
-    return dict(zip(chosen, reports, strict=True))
+    return _observed(registry, "async", dict(zip(chosen, reports, strict=True)))

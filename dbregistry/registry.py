@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import health as _health
@@ -39,6 +39,9 @@ __all__ = ["Registry"]
 StrPath = str | os.PathLike[str]
 
 _CONFIG_VARIABLE = "DBREGISTRY_CONFIG"
+
+# (name, "sync" | "async", direct, engine): see `Registry.add_engine_listener`.
+EngineListener = Callable[[str, str, bool, Any], None]
 
 logger = logging.getLogger("dbregistry")
 
@@ -73,6 +76,7 @@ class Registry:
         self._lock = threading.Lock()
         self._closed = False
         self._router = _routing.Router(self)
+        self._engine_listeners: list[EngineListener] = []
         _LIVE.add(self)
 
     # -- constructors -----------------------------------------------------------------
@@ -262,6 +266,8 @@ class Registry:
                 attach_pool_logging(resolved, engine, self._databases[resolved], self.config)
                 if url is None:
                     self._router.watch(resolved, getattr(engine, "sync_engine", engine))
+                for listener in self._engine_listeners:
+                    listener(resolved, "async" if build is build_async_engine else "sync", url is not None, engine)
                 engines[resolved] = engine
             if name is None:
                 engines[None] = engine
@@ -411,6 +417,33 @@ class Registry:
         "OperationalError: connection failed: ... Connection refused"
         """
         return self._router.status(name)
+
+    # -- observing (dbregistry.opentelemetry / dbregistry.prometheus) -----------------
+
+    def add_engine_listener(self, listener: EngineListener) -> None:
+        """Call ``listener(name, mode, direct, engine)`` for every engine built so far, then for each one built later.
+
+        >>> registry.add_engine_listener(lambda name, mode, direct, engine: print(name, mode, direct))  # doctest: +SKIP
+        primary sync False
+
+        ``mode`` is ``"sync"`` or ``"async"``; ``direct`` is True for an engine on
+        ``direct_url``. Calls happen under the registry's lock, before the engine is
+        handed out, so none is missed or seen twice; a listener must not block.
+        """
+        with self._lock:
+            for mode, direct, engines in (
+                ("sync", False, self._sync),
+                ("sync", True, self._sync_direct),
+                ("async", False, self._async),
+                ("async", True, self._async_direct),
+            ):
+                for name, engine in _unique_engines(engines):
+                    listener(name, mode, direct, engine)
+            self._engine_listeners.append(listener)
+
+    def read_fallbacks(self) -> dict[str, int]:
+        """How many `reader` / `async_reader` calls of each database with replicas got its own engine, no replica being healthy."""
+        return self._router.fallbacks()
 
     # -- closing ------------------------------------------------------------------------
 

@@ -164,7 +164,18 @@ _UNUSED_COUNTER = itertools.count()
 class _Route:
     """Where the reads of one database go: its replicas and the precomputed cycle of the healthy ones."""
 
-    __slots__ = ("active", "announced", "counter", "db_url", "name", "next_check", "probing", "replicas", "root")
+    __slots__ = (
+        "active",
+        "announced",
+        "counter",
+        "db_url",
+        "fallbacks",
+        "name",
+        "next_check",
+        "probing",
+        "replicas",
+        "root",
+    )
 
     def __init__(self, name: str, root: str, db_url: URL, replicas: tuple[_Replica, ...]) -> None:
         self.name = name
@@ -176,6 +187,7 @@ class _Route:
         self.counter = itertools.count() if replicas else _UNUSED_COUNTER
         self.probing = False
         self.announced = False
+        self.fallbacks = 0  # reader() calls that found no healthy replica (changed under Router._count_lock)
         # 0.0: the first reader() call takes the slow path once (announcements, first lag check).
         self.next_check = 0.0
 
@@ -215,6 +227,8 @@ class Router:
         self._backoff = backoff
         self._lag_interval = lag_check_interval
         self._lock = threading.Lock()
+        # Apart from _lock: reader() must never wait for a state change to count a fallback.
+        self._count_lock = threading.Lock()
         self._closed = False
         self._sync: dict[str, Engine] = {}
         self._async: dict[str, AsyncEngine] = {}
@@ -273,7 +287,10 @@ class Router:
         if route.next_check <= time.monotonic():
             self._due(route, is_async=False)
         active = route.active
-        target = active[next(route.counter) % len(active)] if active else route.name
+        if active:
+            target = active[next(route.counter) % len(active)]
+        else:
+            target = self._fall_back(route) if route.replicas else route.name
         engine = self._sync.get(target)
         return engine if engine is not None else self._engine(target)
 
@@ -283,9 +300,22 @@ class Router:
         if route.next_check <= time.monotonic():
             self._due(route, is_async=True)
         active = route.active
-        target = active[next(route.counter) % len(active)] if active else route.name
+        if active:
+            target = active[next(route.counter) % len(active)]
+        else:
+            target = self._fall_back(route) if route.replicas else route.name
         engine = self._async.get(target)
         return engine if engine is not None else self._async_engine(target)
+
+    def _fall_back(self, route: _Route) -> str:
+        with self._count_lock:
+            route.fallbacks += 1
+        return route.name
+
+    def fallbacks(self) -> dict[str, int]:
+        """Name to the number of reader() calls that went to it because none of its replicas was healthy."""
+        with self._count_lock:
+            return {route.name: route.fallbacks for route in self._unique_routes() if route.replicas}
 
     def writer(self, name: str | None = None) -> Engine:
         """The sync engine of the database that takes the writes of ``name`` (the end of its ``replica_of`` chain)."""
@@ -644,6 +674,7 @@ class Router:
     def _after_fork_in_child(self) -> None:
         # Probes of the parent do not exist here; a lock held by one of its threads would never be released.
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._threads = set()
         self._tasks = set()
         for route in self._unique_routes():

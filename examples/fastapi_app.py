@@ -11,6 +11,8 @@ Run it (from the repository root, with ``pip install -e '.[dev]' uvicorn``)::
   replica is declared or none is healthy); ``write_session`` to the primary.
 - ``GET /health/db`` pings every database concurrently and answers 503 when one
   is down, for a load balancer or an orchestrator's readiness probe.
+- ``GET /metrics`` serves every pool's and replica's figures to Prometheus, from a
+  ``CollectorRegistry`` of the app's own (the global one would refuse a second app).
 
 ``create_app(registry)`` takes a ready registry (the tests pass one that points
 at their own servers); without one it reads the configuration the way the
@@ -22,11 +24,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dbregistry import Registry
+from dbregistry.prometheus import RegistryCollector
 
 metadata = MetaData()
 visits = Table(
@@ -51,8 +55,16 @@ def create_app(registry: Registry | None = None, *, database: str | None = None)
     app = FastAPI(title="dbregistry example", lifespan=registry.lifespan)
     app.state.registry = registry
     app.state.database = database
+    app.state.metrics = metrics_registry(registry)
     app.include_router(routes)
     return app
+
+
+def metrics_registry(registry: Registry) -> CollectorRegistry:
+    """A Prometheus registry of the app's own, collecting ``registry``'s pool, routing and health figures."""
+    metrics = CollectorRegistry()
+    metrics.register(RegistryCollector(registry))
+    return metrics
 
 
 # -- dependencies ---------------------------------------------------------------------
@@ -106,3 +118,9 @@ async def database_health(registry: Annotated[Registry, Depends(get_registry)]) 
     up = all(report.ok for report in reports.values())
     body = {"ok": up, "databases": {name: report.as_dict() for name, report in reports.items()}}
     return JSONResponse(body, status_code=200 if up else 503)
+
+
+@routes.get("/metrics")
+def prometheus_metrics(request: Request) -> Response:
+    """Every pool's and replica's figures in Prometheus' text format."""
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

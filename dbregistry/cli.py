@@ -228,6 +228,11 @@ def effective_fields(registry: Registry, name: str) -> list[dict[str, Any]]:
             value, label = copy.deepcopy(SQLALCHEMY_DEFAULTS.get(field, value)), "default"
         if field == "connect_args" and isinstance(value, dict):
             value = _masked_args(value)
+        if field == "session":
+            # The effective defaults: the top-level `session:` merged with this database's own.
+            value = registry.session_options(name)
+            if origin is None and value:
+                label = "top-level session"
         fields.append(
             {
                 "field": field,

@@ -676,7 +676,8 @@ def _dispose_async_from_sync(name: str, engine: AsyncEngine) -> None:
     loop = loop_of(engine)
     if loop is None or loop.is_closed():
         bound = engine.dialect.driver in _sessions.LOOP_BOUND_DRIVERS
-        if loop is not None and bound and engine.sync_engine.pool.checkedin():  # type: ignore[attr-defined]
+        pooled = getattr(engine.sync_engine.pool, "checkedin", None)  # NullPool keeps none and has no such method
+        if loop is not None and bound and pooled is not None and pooled():
             # Socket connections of an ended loop cannot be closed from any other
             # loop (asyncpg fails with "Event loop is closed"); the pool is dropped
             # and the sockets close when the process lets go of them. aiosqlite's

@@ -196,5 +196,5 @@ def closest(word: str, candidates: Iterable[str]) -> str | None:
 
 
 # Tracebacks show the public name users import (`dbregistry.ConfigError`), as httpx does.
-for _error in (DBRegistryError, ConfigError, UnknownDatabaseError, RegistryClosedError, CloseError):
+for _error in (DBRegistryError, ConfigError, UnknownDatabaseError, RegistryClosedError, EventLoopError, CloseError):
     _error.__module__ = "dbregistry"

@@ -249,10 +249,16 @@ class Registry:
                 aengine = self._async[name]
             except KeyError:
                 aengine = self._build(name, self._async, build_async_engine)
+        # _check_loop, inlined: this is the hot path (bench figure 1).
         owner = self._loops.get(id(aengine))
         if owner is not None and owner is not _running_loop():
             _sessions.check_loop(self._default if name is None else name, aengine, owner)
         return aengine
+
+    def _check_loop(self, name: str | None, engine: AsyncEngine) -> None:
+        owner = self._loops.get(id(engine))
+        if owner is not None and owner is not _running_loop():
+            _sessions.check_loop(self._default if name is None else name, engine, owner)
 
     def _build(self, name: str | None, engines: dict[str | None, Any], build: Any, url: URL | None = None) -> Any:
         resolved = self._resolve(name)
@@ -339,9 +345,7 @@ class Registry:
 
         if read_only:
             bind = self.async_reader(name)
-            owner = self._loops.get(id(bind))
-            if owner is not None and owner is not _running_loop():
-                _sessions.check_loop(self._default if name is None else name, bind, owner)
+            self._check_loop(name, bind)
             bind = _read_only(bind)
         else:
             bind = self.get_async(name)

@@ -358,8 +358,8 @@ class TestReopen:
 
 @pytest.mark.postgres
 class TestEventLoops:
-    async def query(self, registry: Registry) -> int:
-        async with registry.async_session() as session:
+    async def query(self, registry: Registry, *, read_only: bool = False) -> int:
+        async with registry.async_session(read_only=read_only) as session:
             return int((await session.execute(text("select 1"))).scalar_one())
 
     def test_a_second_asyncio_run_gets_a_dbregistry_error(self, pg: PostgresServer) -> None:
@@ -377,6 +377,8 @@ class TestEventLoops:
         )
         with pytest.raises(EventLoopError):
             asyncio.run(self.query_engine(registry))
+        with pytest.raises(EventLoopError):
+            asyncio.run(self.query(registry, read_only=True))
         del info
         with warnings.catch_warnings():
             # The sockets of the ended loop cannot be closed through it: close() drops them

@@ -249,15 +249,17 @@ class Registry:
                 aengine = self._async[name]
             except KeyError:
                 aengine = self._build(name, self._async, build_async_engine)
-        # _check_loop, inlined: this is the hot path (bench figure 1).
+        # The hot path (bench figure 1) checks only for a loop that has ended (a second
+        # asyncio.run, pytest-asyncio's loop per test): asking which loop is running costs
+        # ~250 ns on CPython 3.11, is_closed() ~50 ns. Sessions make the full check.
         owner = self._loops.get(id(aengine))
-        if owner is not None and owner is not _running_loop():
+        if owner is not None and owner.is_closed():
             _sessions.check_loop(self._default if name is None else name, aengine, owner)
         return aengine
 
     def _check_loop(self, name: str | None, engine: AsyncEngine) -> None:
         owner = self._loops.get(id(engine))
-        if owner is not None and owner is not _running_loop():
+        if owner is not None and owner is not asyncio._get_running_loop():
             _sessions.check_loop(self._default if name is None else name, engine, owner)
 
     def _build(self, name: str | None, engines: dict[str | None, Any], build: Any, url: URL | None = None) -> Any:
@@ -343,12 +345,10 @@ class Registry:
         """
         from sqlalchemy.ext.asyncio import AsyncSession  # noqa: PLC0415
 
+        bind = self.async_reader(name) if read_only else self.get_async(name)
+        self._check_loop(name, bind)
         if read_only:
-            bind = self.async_reader(name)
-            self._check_loop(name, bind)
             bind = _read_only(bind)
-        else:
-            bind = self.get_async(name)
         return AsyncSession(bind=bind, **self.session_options(name, **kwargs))
 
     def session_options(self, name: str | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -654,11 +654,6 @@ class Registry:
         own event loop and disposes them there.
         """
         return _lifecycle.lifespan(self, app)
-
-
-# The running loop or None, without raising: asyncio's C function, ~10x cheaper than catching
-# get_running_loop()'s RuntimeError on get_async's fast path.
-_running_loop = asyncio._get_running_loop
 
 
 def _unique_engines(engines: Mapping[str | None, Any]) -> list[tuple[str, Any]]:

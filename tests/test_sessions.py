@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -391,6 +392,22 @@ class TestEventLoops:
     async def query_engine(self, registry: Registry) -> int:
         async with registry.get_async().connect() as conn:
             return int((await conn.execute(text("select 1"))).scalar_one())
+
+    def test_a_loop_running_in_another_thread_is_named(self, pg: PostgresServer) -> None:
+        registry = pg_registry(pg)
+        other = asyncio.new_event_loop()
+        thread = threading.Thread(target=other.run_forever, daemon=True)
+        thread.start()
+        try:
+            assert asyncio.run_coroutine_threadsafe(self.query(registry), other).result(timeout=30) == 1
+            with pytest.raises(EventLoopError, match=re.escape("which is still running); this code runs in")):
+                asyncio.run(self.query(registry))
+            asyncio.run_coroutine_threadsafe(registry.aclose(), other).result(timeout=30)
+        finally:
+            other.call_soon_threadsafe(other.stop)
+            thread.join(timeout=30)
+            other.close()
+        assert pg.wait_for_connections(0) == 0
 
     def test_aclose_then_reopen_between_loops_works(self, pg: PostgresServer) -> None:
         registry = pg_registry(pg)

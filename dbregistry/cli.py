@@ -43,7 +43,7 @@ from .health import HealthReport
 from .poolers import detect as detect_pooler
 from .pools import POOL_NAMES, accepted_options
 from .registry import Registry
-from .rules import effective_pool_class, unknown_name_message
+from .rules import effective_pool_class
 from .schema import NAME_PATTERN, DatabaseConfig, RegistryConfig
 from .sources import Origin, Precedence
 from .urls import is_sqlite, is_sqlite_memory, mask
@@ -351,8 +351,11 @@ def cmd_check(args: argparse.Namespace, style: Style) -> int:
         allowed = set(args.allow_down)
         unknown = sorted(allowed - set(registry.names))
         if unknown:
-            for name in unknown:
-                print(f"dbregistry check: --allow-down {unknown_name_message(name, registry.names)}", file=sys.stderr)
+            print(
+                f"dbregistry check: --allow-down names no declared database: {', '.join(unknown)} "
+                f"(declared: {', '.join(registry.names)})",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         unborn = {name: path for name in registry.names if (path := _sqlite_file_to_create(registry[name].url))}
         reports = registry.health(timeout=args.timeout, names=[n for n in registry.names if n not in unborn])

@@ -319,10 +319,7 @@ class TestCheck:
     def test_allow_down_must_name_a_database(self, files: Files, capsys: pytest.CaptureFixture[str]) -> None:
         code, _, err = in_process(capsys, "check", "--config", str(files.config), "--allow-down", "ofline")
         assert code == EXIT_USAGE
-        assert err == (
-            "dbregistry check: --allow-down 'ofline' is not a declared database; did you mean 'offline'? "
-            "declared: primary, offline, local\n"
-        )
+        assert "--allow-down names no declared database: ofline" in err
 
     @pytest.mark.replica
     def test_replica_shows_recovery_and_lag(

@@ -9,6 +9,7 @@ from .errors import (
     CloseError,
     ConfigError,
     DBRegistryError,
+    EventLoopError,
     Problem,
     RegistryClosedError,
     UnknownDatabaseError,
@@ -16,7 +17,7 @@ from .errors import (
 from .health import HealthReport, PoolStats
 from .lifecycle import ShutdownHook
 from .registry import Registry
-from .schema import DatabaseConfig, RegistryConfig
+from .schema import DatabaseConfig, RegistryConfig, SessionConfig
 from .sources import Origin
 from .yamlfile import Limits
 
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "DBRegistryError",
     "DatabaseConfig",
+    "EventLoopError",
     "HealthReport",
     "Limits",
     "Origin",
@@ -33,6 +35,7 @@ __all__ = [
     "Registry",
     "RegistryClosedError",
     "RegistryConfig",
+    "SessionConfig",
     "ShutdownHook",
     "UnknownDatabaseError",
 ]

@@ -168,12 +168,22 @@ class Budget:
 
     @property
     def ok(self) -> bool:
-        """False when any server would be exceeded or a pool sets no bound."""
+        """False when any server would be exceeded or a pool sets no bound (the command's exit code)."""
         return all(server.status in ("ok", "unknown") for server in self.servers)
 
+    @property
+    def status(self) -> Literal["ok", "over", "unbounded", "unknown"]:
+        """The worst server's status: over, then unbounded, then unknown (no limit to compare with), then ok."""
+        statuses = {server.status for server in self.servers}
+        return next((s for s in ("over", "unbounded", "unknown") if s in statuses), "ok")
+
     def as_dict(self) -> dict[str, Any]:
+        """The plan as JSON data; ``ok`` is null, not true, when a server's limit is unknown."""
+        status = self.status
         return {
-            "ok": self.ok,
+            "ok": None if status == "unknown" else self.ok,
+            "status": status,
+            "unknown_limits": [server.server for server in self.servers if server.status == "unknown"],
             "processes": self.processes,
             "threads": self.threads,
             "servers": [server.as_dict() for server in self.servers],

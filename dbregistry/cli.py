@@ -36,6 +36,7 @@ from typing import Any, Final, TextIO
 
 from sqlalchemy.engine import URL
 
+from . import __version__
 from ._secrets import mask_mapping
 from .budget import Budget, plan, read_limits
 from .errors import CloseError, ConfigError, unknown_name_message
@@ -46,7 +47,7 @@ from .registry import Registry
 from .rules import effective_pool_class
 from .schema import NAME_PATTERN, DatabaseConfig, RegistryConfig
 from .sources import Origin, Precedence
-from .urls import mask
+from .urls import is_sqlite, is_sqlite_memory, mask
 
 __all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "build_parser", "config_schema", "main"]
 
@@ -224,6 +225,11 @@ def effective_fields(registry: Registry, name: str) -> list[dict[str, Any]]:
             value, label = copy.deepcopy(SQLALCHEMY_DEFAULTS.get(field, value)), "default"
         if field == "connect_args" and isinstance(value, dict):
             value = mask_mapping(value)
+        if field == "session":
+            # The effective defaults: the top-level `session:` merged with this database's own.
+            value = registry.session_options(name)
+            if origin is None and value:
+                label = "top-level session"
         fields.append(
             {
                 "field": field,
@@ -344,7 +350,10 @@ def cmd_check(args: argparse.Namespace, style: Style) -> int:
             for name in unknown:
                 print(f"dbregistry check: --allow-down: {unknown_name_message(name, registry.names)}", file=sys.stderr)
             return EXIT_USAGE
-        reports = registry.health(timeout=args.timeout)
+        unborn = {name: path for name in registry.names if (path := _sqlite_file_to_create(registry[name].url))}
+        reports = registry.health(timeout=args.timeout, names=[n for n in registry.names if n not in unborn])
+        # Connecting would create the file: a check must leave no trace. SQLite creates it on first use.
+        reports = {name: reports.get(name) or _NOT_CREATED_YET for name in registry.names}
         failing = [name for name, r in reports.items() if not r.ok and name not in allowed]
         if args.json:
             _emit_json(
@@ -352,7 +361,9 @@ def cmd_check(args: argparse.Namespace, style: Style) -> int:
                     "ok": not failing,
                     "timeout": args.timeout,
                     "databases": {
-                        name: _check_json(registry, name, report, name in allowed) for name, report in reports.items()
+                        name: _check_json(registry, name, report, name in allowed)
+                        | ({"note": _unborn_note(unborn[name])} if name in unborn else {})
+                        for name, report in reports.items()
                     },
                 }
             )
@@ -364,6 +375,10 @@ def cmd_check(args: argparse.Namespace, style: Style) -> int:
         rows = [_check_row(registry, name, report, name in allowed, replicas) for name, report in reports.items()]
         print(render_table(headers, rows, style))
         errors = [(name, r.error) for name, r in reports.items() if r.error]
+        if unborn:
+            print()
+            for name, path in unborn.items():
+                print(f"{style(name, 'bold')}: {_unborn_note(path)}")
         if errors:
             print()
             for name, error in errors:
@@ -373,6 +388,25 @@ def cmd_check(args: argparse.Namespace, style: Style) -> int:
         return EXIT_PROBLEMS if failing else EXIT_OK
     finally:
         _close(registry)
+
+
+_NOT_CREATED_YET: Final = HealthReport("up", None, None, None, None, None, None)
+
+
+def _sqlite_file_to_create(url: URL) -> str | None:
+    """The file of a SQLite URL that does not exist yet (connecting would create it); None otherwise."""
+    if not is_sqlite(url) or is_sqlite_memory(url) or "mode=memory" in (url.database or ""):
+        return None
+    path = url.database or ""
+    if url.query.get("uri") in ("true", "1") or path.startswith("file:"):
+        path = path.removeprefix("file:").partition("?")[0]
+        if not path or path.startswith(":memory:"):
+            return None
+    return None if Path(path).exists() else path
+
+
+def _unborn_note(path: str) -> str:
+    return f"{path} does not exist yet; SQLite creates it on first use (not opened: `check` creates no file)"
 
 
 def _engine_facts(registry: Registry, name: str) -> tuple[str | None, str | None]:
@@ -611,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok; 1 problems (invalid configuration, a database down, over budget); 2 usage",
     )
     _common(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"dbregistry {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command")
 
     def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:

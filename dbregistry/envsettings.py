@@ -15,7 +15,7 @@ from typing import Any
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SettingsConfigDict
 
 from ._secrets import utf8_text
-from .schema import DatabaseConfig
+from .schema import DatabaseConfig, SessionConfig
 from .sources import ENV_PREFIX, NESTING
 
 __all__ = ["read_env_file", "read_prefixed"]
@@ -29,6 +29,7 @@ class _EnvSchema(BaseSettings):
     default: str | None = None
     databases: dict[str, DatabaseConfig] = {}
     log_pool_events: bool | None = None
+    session: SessionConfig | None = None
 
 
 class _MappingEnvSource(EnvSettingsSource):

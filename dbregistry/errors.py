@@ -6,6 +6,7 @@ The hierarchy::
     ├── ConfigError (ValueError)         the declaration is wrong; carries every Problem found
     ├── UnknownDatabaseError (KeyError)  a name that was not declared
     ├── RegistryClosedError (RuntimeError)  the registry was closed
+    ├── EventLoopError (RuntimeError)    an async engine's connections belong to another event loop
     └── CloseError (ExceptionGroup)      disposing some engines failed; all were attempted
 
 No message built here ever contains a password: values are described, URLs are
@@ -28,6 +29,7 @@ __all__ = [
     "CloseError",
     "ConfigError",
     "DBRegistryError",
+    "EventLoopError",
     "Problem",
     "RegistryClosedError",
     "UnknownDatabaseError",
@@ -150,6 +152,10 @@ class RegistryClosedError(DBRegistryError, RuntimeError):
     """The registry was closed; it builds no new engines."""
 
 
+class EventLoopError(DBRegistryError, RuntimeError):
+    """An async engine holds connections of another event loop; the message says which and what to do."""
+
+
 class CloseError(DBRegistryError, ExceptionGroup[Exception]):
     """Disposing one or more engines failed.
 
@@ -198,5 +204,5 @@ def closest(word: str, candidates: Iterable[str]) -> str | None:
 
 
 # Tracebacks show the public name users import (`dbregistry.ConfigError`), as httpx does.
-for _error in (DBRegistryError, ConfigError, UnknownDatabaseError, RegistryClosedError, CloseError):
+for _error in (DBRegistryError, ConfigError, UnknownDatabaseError, RegistryClosedError, EventLoopError, CloseError):
     _error.__module__ = "dbregistry"

@@ -8,7 +8,9 @@ status -15). A signal that was ignored stays ignored and untouched.
 
 ``registry.lifespan`` is for ASGI servers, which handle signals themselves:
 ``FastAPI(lifespan=registry.lifespan)`` closes every engine, in the app's event
-loop, when the app shuts down.
+loop, when the app shuts down, and reopens the registry when the app starts
+(again): the same app can run several times in one process, each run with
+engines of its own event loop.
 
 >>> from dbregistry import Registry
 >>> registry = Registry.from_dict({"databases": {"dev": {"url": "sqlite://"}}}, environ={})
@@ -176,7 +178,8 @@ def install_shutdown_hook(
 
 @contextlib.asynccontextmanager
 async def lifespan(registry: Registry, app: object = None) -> AsyncIterator[None]:
-    """Do nothing on startup (engines are built on first use); ``await registry.aclose()`` on shutdown."""
+    """``registry.reopen()`` on startup (engines are built on first use); ``await registry.aclose()`` on shutdown."""
+    registry.reopen()
     try:
         yield
     finally:

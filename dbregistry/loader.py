@@ -26,7 +26,7 @@ from ._secrets import NotUtf8Error, looks_like_credentials, shown_name, utf8_tex
 from .errors import ConfigError, Problem, closest, redact, unknown_name_message
 from .interpolation import interpolate_tree, referenced_variables, substitutions
 from .rules import check
-from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, field_names
+from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, SessionConfig, field_names
 from .sources import (
     ENV_PREFIX,
     NESTING,
@@ -157,7 +157,7 @@ def load_config(
 
 # DBREGISTRY_<HEAD>...: what the settings read (the configuration's top level), and what
 # chooses the file and the profile.
-_VARIABLE_HEADS = ("DATABASES", "DEFAULT", "LOG_POOL_EVENTS", "CONFIG", "PROFILE")
+_VARIABLE_HEADS = ("DATABASES", "DEFAULT", "LOG_POOL_EVENTS", "SESSION", "CONFIG", "PROFILE")
 
 
 def _check_prefixed_variables(env: Mapping[str, str], precedence: Precedence, label: str, found: _Collector) -> None:
@@ -175,7 +175,7 @@ def _check_prefixed_variables(env: Mapping[str, str], precedence: Precedence, la
         else:
             message = (
                 f"unknown variable; dbregistry reads {ENV_PREFIX}DATABASES__<NAME>__<FIELD>, {ENV_PREFIX}DEFAULT, "
-                f"{ENV_PREFIX}LOG_POOL_EVENTS, {ENV_PREFIX}CONFIG and {ENV_PREFIX}PROFILE"
+                f"{ENV_PREFIX}LOG_POOL_EVENTS, {ENV_PREFIX}SESSION__<OPTION>, {ENV_PREFIX}CONFIG and {ENV_PREFIX}PROFILE"
             )
         found.add((), message, Origin(precedence, name + label))
 
@@ -434,7 +434,8 @@ def _validate(
         default = None
     elif isinstance(default, str) and default not in raw:
         found.add(("default",), unknown_name_message(default, list(raw)), origin(("default",)))
-    if found.problems:
+    session = _validate_session(data.get("session"), origin, found)
+    if found.problems or session is None:
         return None
     default = default_database(list(databases), default)
     try:
@@ -442,7 +443,22 @@ def _validate(
     except ValidationError:
         found.add(("log_pool_events",), "must be true or false", origin(("log_pool_events",)))
         return None
-    return RegistryConfig(default=default, databases=databases, log_pool_events=log_pool_events)
+    return RegistryConfig(default=default, databases=databases, log_pool_events=log_pool_events, session=session)
+
+
+def _validate_session(value: Any, origin: Any, found: _Collector) -> SessionConfig | None:
+    """The top-level ``session:`` defaults; its problems are reported like a database's."""
+    if value is None:
+        return SessionConfig()
+    try:
+        return SessionConfig.model_validate(value)
+    except ValidationError as e:
+        errors = e.errors()
+        for error in errors:
+            error["loc"] = ("session", *error["loc"])
+        for loc, message in _describe_errors({"session": value}, errors).items():
+            found.add(loc, message, origin(loc))
+        return None
 
 
 def _check_across_fields(
@@ -541,7 +557,10 @@ def describe(error: ErrorDetails) -> str:
     got = "" if secret else f", got {_show(error.get('input'))}"
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
-        return _unknown_key(loc[-1], field_names())
+        in_session = len(loc) > 1 and loc[-2] == "session"
+        return _unknown_key(loc[-1], list(SessionConfig.model_fields) if in_session else field_names())
+    if kind in ("model_type", "model_attributes_type") and loc[-1:] == ["session"]:
+        return f"must be a mapping of session options ({', '.join(SessionConfig.model_fields)}){got}"
     if kind == "missing":
         return "required: every database needs a url" if field_name == "url" else "required field is missing"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):

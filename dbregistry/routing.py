@@ -666,6 +666,10 @@ class Router:
             await asyncio.to_thread(_join_all, threads)
         self.close()
 
+    def reopen(self) -> None:
+        """Start probing again after `close` (the registry was reopened)."""
+        self._closed = False
+
     def _forget(self) -> None:
         with self._lock:
             self._sync = {}

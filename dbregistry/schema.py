@@ -33,6 +33,7 @@ __all__ = [
     "TOP_LEVEL_KEYS",
     "DatabaseConfig",
     "RegistryConfig",
+    "SessionConfig",
     "field_names",
 ]
 
@@ -70,6 +71,28 @@ EchoFlag = bool | Literal["debug"]
 
 ISOLATION_LEVELS: Final = ("AUTOCOMMIT", "READ COMMITTED", "READ UNCOMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 NAME_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_-]*$"
+
+
+class SessionConfig(BaseModel):
+    """Defaults for the ORM sessions the registry opens (``Session`` / ``AsyncSession`` keywords).
+
+    Declared under ``session:`` at the top level of the file (every database)
+    and per database (which wins, key by key); a keyword given to
+    ``registry.session(...)`` wins over both. Unset keys keep SQLAlchemy's
+    defaults (``expire_on_commit=True``, ``autoflush=True``, ``autobegin=True``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    expire_on_commit: bool | None = Field(
+        default=None, description="expire every object on commit (false: attributes stay readable after commit)"
+    )
+    autoflush: bool | None = Field(default=None, description="flush pending changes before each query")
+    autobegin: bool | None = Field(default=None, description="begin a transaction on first use")
+
+    def options(self) -> dict[str, bool]:
+        """The keys that were set, as ``Session`` keyword arguments."""
+        return {k: v for k, v in self.model_dump(exclude_none=True).items() if isinstance(v, bool)}
 
 
 class DatabaseConfig(BaseModel):
@@ -122,6 +145,9 @@ class DatabaseConfig(BaseModel):
     )
     max_connections: int | None = Field(
         default=None, ge=1, description="the server's max_connections, for `dbregistry budget`"
+    )
+    session: SessionConfig | None = Field(
+        default=None, description="defaults for this database's ORM sessions; beats the top-level `session:`"
     )
 
     @field_validator("isolation_level", mode="before")
@@ -184,9 +210,12 @@ class RegistryConfig(BaseModel):
     default: str | None = Field(default=None, description="the name get() uses when given none")
     databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
     log_pool_events: bool = Field(default=False, description="pool event logging for every database")
+    session: SessionConfig = Field(
+        default_factory=SessionConfig, description="defaults for the ORM sessions of every database"
+    )
 
 
-TOP_LEVEL_KEYS: Final = ("default", "databases", "profiles", "log_pool_events")
+TOP_LEVEL_KEYS: Final = ("default", "databases", "profiles", "log_pool_events", "session")
 
 
 def field_names() -> list[str]:

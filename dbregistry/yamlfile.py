@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from sys import intern
@@ -164,6 +165,7 @@ def load_yaml_text(text: str, file: str = "<string>", limits: Limits = DEFAULT_L
         # e.problem/e.context only: str(e) quotes the offending line, which may hold a password.
         mark = e.problem_mark or e.context_mark
         what = "; ".join(str(part) for part in (e.context, e.problem) if part)
+        what += _unquoted_url_hint(text, e)
         syntax_error = _error(file, f"is not valid YAML: {what}", mark.line + 1 if mark is not None else None)
     except yaml.YAMLError as e:
         syntax_error = _error(file, f"is not valid YAML: {type(e).__name__}")
@@ -176,6 +178,20 @@ def load_yaml_text(text: str, file: str = "<string>", limits: Limits = DEFAULT_L
     if builder.problems:
         raise ConfigError(builder.problems, origin=file)
     return YamlDocument(data=data, file=file, lines=builder.lines, links=builder.links)
+
+
+_URL_ON_LINE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _unquoted_url_hint(text: str, error: yaml.MarkedYAMLError) -> str:
+    """``url: sqlite:///:memory:`` ends in ':', which YAML reads as a key: say to quote it (not echoing the line)."""
+    mark = error.problem_mark
+    if mark is None or not str(error.problem).startswith("mapping values are not allowed"):
+        return ""
+    lines = text.splitlines()
+    if mark.line >= len(lines) or not _URL_ON_LINE.search(lines[mark.line]):
+        return ""
+    return "; a URL that ends in ':' or holds ': ' must be quoted, as in url: \"sqlite:///:memory:\""
 
 
 def _error(file: str, message: str, line: int | None = None) -> ConfigError:

@@ -251,7 +251,7 @@ class TestShow:
         primary = out.split("\nprimary (default)\n")[1].split("\n\n")[0].splitlines()
         assert primary[0].split() == ["field", "value", "from"]
         rows = {line.split()[0]: line.split() for line in primary[1:]}
-        assert len(rows) == 22  # every field of DatabaseConfig
+        assert len(rows) == 23  # every field of DatabaseConfig
         assert rows["url"][1].startswith("postgresql://app:***@127.0.0.1:")
         assert rows["url"][2] == f"{config}:5"
         assert rows["pool_size"][1:] == ["60", f"{config}:17", "(profile", "big)"]
@@ -388,7 +388,7 @@ class TestSchema:
         assert data["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         properties = data["properties"]
         assert isinstance(properties, dict)
-        assert set(properties) == {"default", "databases", "log_pool_events", "profiles"}
+        assert set(properties) == {"default", "databases", "log_pool_events", "profiles", "session"}
         database = data["$defs"]["DatabaseConfig"]  # type: ignore[index]
         assert database["required"] == ["url"]
         assert {"pool_class", "poolclass", "pool_size", "replica_of", "max_connections"} <= set(database["properties"])

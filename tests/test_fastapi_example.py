@@ -1,4 +1,4 @@
-"""examples/fastapi_app.py driven by FastAPI's TestClient against the suite's real PostgreSQL and replica."""
+"""examples/fastapi_app.py driven by FastAPI's TestClient: on the shipped config, and on the suite's real PostgreSQL and replica."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 from servers import PASSWORD, PostgresServer, ReplicaServer
 
-from dbregistry import Registry
+from dbregistry import Registry, RegistryClosedError
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -23,9 +23,9 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
     from fastapi.testclient import TestClient
 
-pytestmark = [pytest.mark.postgres, pytest.mark.replica]
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_app.py"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "fastapi_app.py"
+SHIPPED = ROOT / "config" / "databases.yaml"
 
 
 def load_example() -> ModuleType:
@@ -45,6 +45,34 @@ def closed_port() -> int:
     return port
 
 
+def test_answers_200_on_the_shipped_config_from_a_fresh_clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As the docstring runs it: DBREGISTRY_CONFIG names the shipped file, no other variable set,
+    # in a directory where nothing exists yet (the SQLite files are created there).
+    for variable in ("DATABASE_URL", "REPLICA_DATABASE_URL", "ANALYTICS_DATABASE_URL", "NEON_POOLER_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("DBREGISTRY_CONFIG", str(SHIPPED))
+    monkeypatch.chdir(tmp_path)
+    example = load_example()
+    app = example.create_app()
+    with TestClient(app) as client:
+        created = client.post("/visits", params={"note": "hello"})
+        assert created.status_code == 201, created.text
+        assert created.json() == {"id": 1, "note": "hello"}  # read after commit: expire_on_commit is false
+        assert client.get("/visits/count").json() == {"count": 1}
+        health = client.get("/health/db")
+        assert health.status_code == 200, health.text
+        assert set(health.json()["databases"]) == {"primary", "replica"}  # not the Neon example entry
+    # A second run of the same app in the same process: the lifespan reopens the registry.
+    with TestClient(app) as client:
+        assert client.post("/visits", params={"note": "again"}).status_code == 201
+        assert client.get("/visits/count").json() == {"count": 2}
+        assert client.get("/health/db").status_code == 200
+    assert app.state.registry.closed
+    assert (tmp_path / "dev.db").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.replica
 def test_reads_on_the_replica_writes_on_the_primary_and_nothing_left_after_shutdown(
     pg: PostgresServer, pg_replica: ReplicaServer
 ) -> None:
@@ -53,6 +81,7 @@ def test_reads_on_the_replica_writes_on_the_primary_and_nothing_left_after_shutd
     registry = Registry.from_dict(
         {
             "default": "primary",
+            "session": {"expire_on_commit": False},
             "databases": {
                 "primary": {"url": pg.url_string()},
                 "replica": {"url": pg_replica.url_string(), "replica_of": "primary"},
@@ -60,10 +89,9 @@ def test_reads_on_the_replica_writes_on_the_primary_and_nothing_left_after_shutd
         },
         environ={},
     )
-    example.create_tables(registry)
-    pg_replica.wait_for_replay()
+    app = example.create_app(registry)
 
-    with TestClient(example.create_app(registry)) as client:
+    with TestClient(app) as client:  # its startup creates the table
         for note in ("first", "second"):
             response = client.post("/visits", params={"note": note})
             assert response.status_code == 201, response.text
@@ -88,12 +116,32 @@ def test_reads_on_the_replica_writes_on_the_primary_and_nothing_left_after_shutd
     assert pg.wait_for_connections(0) == 0
     assert pg_replica.wait_for_connections(0) == 0
 
+    # The same app again, as a second test block would: closed in between, reopened by its startup.
+    with pytest.raises(RegistryClosedError):
+        registry.get()
+    with TestClient(app) as client:
+        assert client.post("/visits", params={"note": "third"}).status_code == 201
+        pg_replica.wait_for_replay()
+        assert client.get("/visits/count").json() == {"count": 3}
+    assert registry.closed
+    assert pg.wait_for_connections(0) == 0
+    assert pg_replica.wait_for_connections(0) == 0
 
-def test_health_is_503_when_a_database_is_down(pg: PostgresServer) -> None:
+
+@pytest.mark.postgres
+def test_health_is_503_when_a_database_it_uses_is_down(pg: PostgresServer) -> None:
     example = load_example()
+    pg.psql("DROP TABLE IF EXISTS visits")
     down = pg.url().set(port=closed_port()).render_as_string(hide_password=False)
     registry = Registry.from_dict(
-        {"default": "primary", "databases": {"primary": {"url": pg.url_string()}, "reports": {"url": down}}},
+        {
+            "default": "primary",
+            "databases": {
+                "primary": {"url": pg.url_string()},
+                "reports": {"url": down, "replica_of": "primary"},
+                "elsewhere": {"url": down},  # not used by the app: never pinged
+            },
+        },
         environ={},
     )
     with TestClient(example.create_app(registry)) as client:
@@ -103,6 +151,7 @@ def test_health_is_503_when_a_database_is_down(pg: PostgresServer) -> None:
     assert body["ok"] is False
     assert body["databases"]["primary"]["status"] == "up"
     assert body["databases"]["reports"]["status"] == "down"
+    assert "elsewhere" not in body["databases"]
     assert PASSWORD not in response.text
     assert "pg-S3cret" not in response.text
     assert pg.wait_for_connections(0) == 0

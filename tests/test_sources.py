@@ -177,7 +177,7 @@ class TestUnknownPrefixedVariables:
             (
                 "DBREGISTRY_POOLSIZE",
                 "dbregistry reads DBREGISTRY_DATABASES__<NAME>__<FIELD>, DBREGISTRY_DEFAULT, "
-                "DBREGISTRY_LOG_POOL_EVENTS, DBREGISTRY_CONFIG and DBREGISTRY_PROFILE",
+                "DBREGISTRY_LOG_POOL_EVENTS, DBREGISTRY_SESSION__<OPTION>, DBREGISTRY_CONFIG and DBREGISTRY_PROFILE",
             ),
         ],
     )

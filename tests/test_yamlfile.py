@@ -713,7 +713,9 @@ class TestSyntaxErrors:
               primary:
                 url: postgresql://app:s3cr3t-pw@db/app: oops
             """)
-        assert error.problems == [problem("", "is not valid YAML: mapping values are not allowed in this context", 3)]
+        hint = "; a URL that ends in ':' or holds ': ' must be quoted, as in url: \"sqlite:///:memory:\""
+        message = "is not valid YAML: mapping values are not allowed in this context" + hint
+        assert error.problems == [problem("", message, 3)]
         assert "s3cr3t-pw" not in str(error)
         assert "s3cr3t-pw" not in repr(error)
         assert error.__cause__ is None

@@ -46,7 +46,7 @@ _NAME = re.compile(NAME_PATTERN)
 _BOOL = TypeAdapter(bool)
 _PROFILE_KEYS = ("databases", "default")
 # Values never echoed in a message: they are, or may hold, credentials.
-_SECRET_FIELDS = frozenset({"url", "direct_url", "password_file", "connect_args"})
+_SECRET_FIELDS = frozenset({"url", "direct_url", "password_file", "connect_args", "driver_args"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,8 +373,10 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
     declared = {name: databases.get(name) for name in raw}
     for name, db in databases.items():
         for field_name, message in check(name, db, declared):
-            where = ("databases", name, field_name)
-            found.add(where, message, origin(where) if field_name in db.model_fields_set else origin(where[:2]))
+            # A rule may name a setting inside a field: connect_args.sslmode.
+            where = ("databases", name, *field_name.split("."))
+            set_here = field_name.partition(".")[0] in db.model_fields_set
+            found.add(where, message, origin(where) if set_here else origin(where[:2]))
     default = data.get("default")
     if default is not None and not isinstance(default, str):
         found.add(("default",), f"must be a database name, got {type(default).__name__}", origin(("default",)))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
+from ._connect import refusals
 from .errors import closest
 from .poolers import detect as detect_pooler
 from .poolers import forbidden_settings
 from .pools import QUEUE_OPTIONS, accepted_options, why_not
 from .schema import DatabaseConfig
-from .urls import dialect_of, is_sqlite, is_sqlite_memory
+from .urls import DriverError, dialect_of, is_sqlite, is_sqlite_memory, resolve_driver
 
 __all__ = ["RULES", "Finding", "check", "effective_pool_class"]
 
@@ -128,5 +129,23 @@ def settings_that_work_behind_a_transaction_pooler(name: str, db: DatabaseConfig
         return
     if dialect_of(db.url) != "postgresql":
         yield "pooler", f"{pooler.mode} is a PostgreSQL pooler; this URL is {dialect_of(db.url)}"
-    for key, reason in forbidden_settings(db.connect_args or {}):
-        yield "connect_args", f"{key}: {reason} (the registry sets what {pooler.mode} needs)"
+    sections = [("connect_args", db.connect_args or {})]
+    sections += [(f"driver_args.{driver}", words) for driver, words in (db.driver_args or {}).items()]
+    for field, words in sections:
+        for key, reason in forbidden_settings(words):
+            yield field, f"{key}: {reason} (the registry sets what {pooler.mode} needs)"
+
+
+@rule
+def connection_settings_reach_every_driver(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
+    """What each mode's driver would refuse at its first connection, found now (see `dbregistry._connect`)."""
+    if not (db.url.query or db.connect_args or db.driver_args):
+        return
+    urls = {}
+    for is_async in (False, True):
+        try:
+            urls[is_async] = resolve_driver(db.url, is_async=is_async)
+        except DriverError:
+            continue  # no driver for that mode: said when its engine is asked for
+    for refusal in refusals(db, urls):
+        yield refusal.field, refusal.message

@@ -99,7 +99,14 @@ class DatabaseConfig(BaseModel):
     echo: EchoFlag | None = None
     echo_pool: EchoFlag | None = None
     isolation_level: str | None = None
-    connect_args: dict[str, Any] | None = None
+    connect_args: dict[str, Any] | None = Field(
+        default=None,
+        description="connection settings in the user's words (libpq's for PostgreSQL), translated for each driver",
+    )
+    driver_args: dict[str, dict[str, Any]] | None = Field(
+        default=None,
+        description="connect() keywords for one driver alone, unchanged: {asyncpg: {command_timeout: 5}}",
+    )
     execution_options: dict[str, Any] | None = None
     replica_of: str | None = Field(default=None, description="the database this one is a read replica of")
     password_file: Path | None = Field(
@@ -141,6 +148,8 @@ class DatabaseConfig(BaseModel):
         for name, value in super().__repr_args__():
             if name == "connect_args" and isinstance(value, dict):
                 yield name, _mask_secrets(value)
+            elif name == "driver_args" and isinstance(value, dict):
+                yield name, {k: _mask_secrets(v) if isinstance(v, dict) else v for k, v in value.items()}
             elif value is not None:
                 yield name, value
 

@@ -31,6 +31,8 @@ from typing import Any, Final
 
 from sqlalchemy.engine import URL
 
+from .urls import DriverError, resolve_driver
+
 __all__ = ["Refusal", "driver_connect_args", "refusals"]
 
 
@@ -154,6 +156,8 @@ class _Target:
 
     driver: str
     mode: str
+    # The other mode's driver: where a setting this one cannot take may be moved.
+    other: str
     args: dict[str, Any]
     problems: list[Refusal]
     # Where each setting was written, for messages: ``connect_args.<key>`` or ``url``.
@@ -165,6 +169,13 @@ class _Target:
 
     def refuse(self, key: str, message: str) -> None:
         self.problems.append(Refusal(self.where.get(key, f"connect_args.{key}"), message))
+
+    def put(self, key: str, value: Any) -> None:
+        """Set one keyword, as the type the driver wants (variables give text)."""
+        try:
+            self.args[key] = _coerce(self.driver, key, value)
+        except ValueError as e:
+            self.refuse(key, str(e))
 
 
 Words = dict[str, Any]
@@ -210,7 +221,11 @@ def _translate(db: Any, url: URL, *, is_async: bool) -> tuple[URL, _Target]:
     for key, value in (db.connect_args or {}).items():
         shared[key] = value
         where[key] = f"connect_args.{key}"
-    target = _Target(driver, mode, {}, [], where)
+    try:
+        other = driver_name(resolve_driver(db.url, is_async=not is_async))
+    except DriverError:
+        other = ""
+    target = _Target(driver, mode, other, {}, [], where)
     translate = _DIALECTS.get(dialect)
     if translate is None:
         target.args.update(shared)
@@ -222,8 +237,10 @@ def _translate(db: Any, url: URL, *, is_async: bool) -> tuple[URL, _Target]:
         kept.update({k: v for k, v in url.query.items() if k in libpq and k not in (db.connect_args or {})})
         target.args = {k: v for k, v in target.args.items() if k not in kept or k in (db.connect_args or {})}
     own = (db.driver_args or {}).get(driver)
-    if own:
-        target.args.update(_coerced(driver, own))
+    if isinstance(own, Mapping):
+        for key, value in own.items():
+            target.where[key] = f"driver_args.{driver}.{key}"
+            target.put(key, value)
     if kept != dict(url.query):
         url = url.set(query=kept)
     return url, target
@@ -385,7 +402,7 @@ def _to_asyncpg(shared: Words, target: _Target) -> None:
             if key == "server_settings" and isinstance(value, Mapping):
                 server_settings.update({str(k): str(v) for k, v in value.items()})
             else:
-                target.args[key] = _coerce("asyncpg", key, value)
+                target.put(key, value)
         elif key in libpq:
             _no_counterpart(target, key, "libpq", "psycopg")
         elif key in own:
@@ -561,14 +578,14 @@ def tls_context(
 @_for_dialect("sqlite")
 def _sqlite(shared: Words, target: _Target) -> None:
     mine = sqlite_keywords(is_async=target.driver == "aiosqlite")
-    both = sqlite_keywords(is_async=False) | sqlite_keywords(is_async=True)
+    theirs = sqlite_keywords(is_async=target.other == "aiosqlite")
     for key, value in shared.items():
         if key in mine:
-            target.args[key] = _coerce(target.driver, key, value)
-        elif key in both:
-            _no_counterpart(target, key, "aiosqlite", "aiosqlite")
+            target.put(key, value)
+        elif key in theirs:
+            _no_counterpart(target, key, target.other, target.other)
         else:
-            _unknown(target, key, both, "sqlite3 or aiosqlite")
+            _unknown(target, key, mine | theirs, "sqlite3 or aiosqlite")
 
 
 # -- MySQL ----------------------------------------------------------------------------------
@@ -580,15 +597,14 @@ def _mysql(shared: Words, target: _Target) -> None:
     if mine is None:
         target.args.update(shared)
         return
-    every = frozenset().union(*_MYSQL_KEYWORDS.values())
+    theirs = _MYSQL_KEYWORDS.get(target.other, frozenset())
     for key, value in shared.items():
         if key in mine:
             target.args[key] = value
-        elif key in every:
-            owners = sorted(d for d, words in _MYSQL_KEYWORDS.items() if key in words)
-            _no_counterpart(target, key, " and ".join(owners), owners[0])
+        elif key in theirs:
+            _no_counterpart(target, key, target.other, target.other)
         else:
-            _unknown(target, key, every, "a MySQL driver")
+            _unknown(target, key, mine | theirs, " or ".join(sorted({target.driver, target.other} - {""})))
 
 
 # -- driver_args ----------------------------------------------------------------------------
@@ -604,16 +620,11 @@ def _driver_sections(db: Any, drivers: set[str]) -> Iterator[Refusal]:
             yield Refusal(f"driver_args.{driver}", "must be a mapping of connect() keywords")
             continue
         known = accepted(driver)
-        for key, value in words.items():
+        for key in words:
             if known is not None and key not in known:
                 hint = difflib.get_close_matches(key, sorted(known), n=1)
                 did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
                 yield Refusal(f"driver_args.{driver}.{key}", f"{driver}'s connect() takes no {key}{did_you_mean}")
-            else:
-                try:
-                    _coerce(driver, key, value)
-                except ValueError as e:
-                    yield Refusal(f"driver_args.{driver}.{key}", str(e))
 
 
 # -- values ---------------------------------------------------------------------------------
@@ -644,18 +655,14 @@ def _coerce(driver: str, key: str, value: Any) -> Any:
     if kind is bool:
         flag = _boolean(value)
         if flag is None:
-            raise ValueError(f"must be true or false, got {value!r}")
+            raise ValueError("must be true or false")
         return flag
     if kind is int and key == "prepare_threshold" and value.strip().lower() in ("", "none", "null"):
         return None
     try:
         return kind(value)
     except ValueError:
-        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-
-
-def _coerced(driver: str, words: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _coerce(driver, key, value) for key, value in words.items()}
+        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
 
 
 def _number(value: Any) -> float | None:

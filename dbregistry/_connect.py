@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL
 
 from .urls import DriverError, resolve_driver
 
-__all__ = ["Refusal", "driver_connect_args", "refusals"]
+__all__ = ["Refusal", "describe_tls", "driver_connect_args", "driver_name", "refusals"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,6 +570,27 @@ def tls_context(
     if "ssl_max_protocol_version" in bounds:
         context.maximum_version = ssl.TLSVersion[_TLS_VERSIONS[bounds["ssl_max_protocol_version"]]]
     return context
+
+
+def describe_tls(context: ssl.SSLContext) -> str:
+    """What an SSL context will check, for people (``dbregistry show``)."""
+    if context.check_hostname:
+        parts = ["verify-full"]
+    else:
+        parts = ["verify-ca" if context.verify_mode == ssl.CERT_REQUIRED else "require"]
+    authorities = [_common_name(ca) for ca in context.get_ca_certs()]
+    if authorities:
+        parts.append(f"CA {', '.join(authorities)}")
+    parts.append(f"TLS {context.minimum_version.name}..{context.maximum_version.name}")
+    return f"SSLContext({', '.join(parts)})"
+
+
+def _common_name(certificate: Mapping[str, Any]) -> str:
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return "?"
 
 
 # -- SQLite ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ suite starts: psycopg (libpq) for ``get()``, asyncpg for ``get_async()``.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import ssl
 import subprocess
@@ -21,6 +22,7 @@ from sqlalchemy import text
 
 from dbregistry import ConfigError, Registry
 from dbregistry._connect import accepted, asyncpg_keywords, libpq_keywords, parse_options
+from dbregistry.cli import EXIT_OK, main
 from dbregistry.engines import engine_spec
 from dbregistry.schema import DatabaseConfig
 
@@ -522,3 +524,85 @@ class TestMysql:
             "from_dict  databases.primary.connect_args.ssl_ca: not a connection setting aiomysql or mysqldb takes; "
             "did you mean 'ssl'?"
         ]
+
+
+# -- dbregistry show --------------------------------------------------------------------------
+
+
+class TestShow:
+    SECRET = "Show-Secret-8812"
+
+    def config(self, tmp_path: Path) -> Path:
+        config = tmp_path / "databases.yaml"
+        config.write_text(
+            "databases:\n"
+            "  primary:\n"
+            f"    url: postgresql://app:{self.SECRET}@db.example/app?sslmode=require\n"
+            "    connect_args:\n"
+            "      connect_timeout: 10\n"
+            '      options: "-c statement_timeout=30000"\n'
+            f"      password: {self.SECRET}\n"
+            "    driver_args:\n"
+            "      asyncpg: {command_timeout: 5}\n",
+            encoding="utf-8",
+        )
+        return config
+
+    def test_text_shows_what_each_driver_receives(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["show", "--config", str(self.config(tmp_path))]) == EXIT_OK
+        out = capsys.readouterr().out
+        assert self.SECRET not in out
+        table = out.split("\n\n")[-1].splitlines()
+        assert table == [
+            "  mode   driver   connection arguments",
+            '  sync   psycopg  {"sslmode": "require", "connect_timeout": 10, "options": "-c statement_timeout=30000", '
+            '"password": "***"}',
+            '  async  asyncpg  {"timeout": 10.0, "password": "***", "ssl": "require", '
+            '"server_settings": {"statement_timeout": "30000"}, "command_timeout": 5}',
+        ]
+
+    def test_json(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["show", "--config", str(self.config(tmp_path)), "--json"]) == EXIT_OK
+        out = capsys.readouterr().out
+        assert self.SECRET not in out
+        assert json.loads(out)["connections"]["primary"] == {
+            "sync": {
+                "driver": "psycopg",
+                "url": "postgresql+psycopg://app:***@db.example/app?sslmode=require",
+                "connect_args": {
+                    "sslmode": "require",
+                    "connect_timeout": 10,
+                    "options": "-c statement_timeout=30000",
+                    "password": "***",
+                },
+            },
+            "async": {
+                "driver": "asyncpg",
+                "url": "postgresql+asyncpg://app:***@db.example/app",
+                "connect_args": {
+                    "timeout": 10.0,
+                    "password": "***",
+                    "ssl": "require",
+                    "server_settings": {"statement_timeout": "30000"},
+                    "command_timeout": 5,
+                },
+            },
+        }
+
+    def test_an_ssl_context_is_described(
+        self, tmp_path: Path, certificates: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = tmp_path / "databases.yaml"
+        config.write_text(
+            "databases:\n"
+            "  primary:\n"
+            "    url: postgresql://app@db.example/app\n"
+            "    connect_args:\n"
+            "      sslmode: verify-full\n"
+            f"      sslrootcert: {certificates / 'ca.crt'}\n"
+            "      ssl_min_protocol_version: TLSv1.3\n",
+            encoding="utf-8",
+        )
+        assert main(["show", "--config", str(config), "--json"]) == EXIT_OK
+        shown = json.loads(capsys.readouterr().out)["connections"]["primary"]["async"]["connect_args"]
+        assert shown == {"ssl": "SSLContext(verify-full, CA ca, TLS TLSv1_3..MAXIMUM_SUPPORTED)"}

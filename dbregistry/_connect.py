@@ -194,11 +194,15 @@ def driver_connect_args(db: Any, url: URL, *, is_async: bool) -> tuple[URL, dict
     return url, target.args
 
 
-def refusals(db: Any, urls: Mapping[bool, URL]) -> Iterator[Refusal]:
-    """Every setting of ``db`` that one of its modes' drivers cannot take (each reported once)."""
+def refusals(db: Any, urls: Mapping[bool, URL], *, url_field: str = "url") -> Iterator[Refusal]:
+    """Every setting of ``db`` that one of its modes' drivers cannot take (each reported once).
+
+    ``urls`` holds the URL of each mode (its driver resolved); ``url_field`` names
+    where that URL was declared (``url`` or ``direct_url``), for its query's settings.
+    """
     seen: set[Refusal] = set()
     for is_async, url in urls.items():
-        for problem in _translate(db, url, is_async=is_async)[1].problems:
+        for problem in _translate(db, url, is_async=is_async, url_field=url_field)[1].problems:
             if problem not in seen:
                 seen.add(problem)
                 yield problem
@@ -210,14 +214,14 @@ def driver_name(url: URL) -> str:
     return url.drivername.partition("+")[2] or ("pysqlite" if url.get_backend_name() == "sqlite" else "")
 
 
-def _translate(db: Any, url: URL, *, is_async: bool) -> tuple[URL, _Target]:
+def _translate(db: Any, url: URL, *, is_async: bool, url_field: str = "url") -> tuple[URL, _Target]:
     dialect, driver = url.get_backend_name(), driver_name(url)
     mode = "async" if is_async else "sync"
     query = {k: v[-1] if isinstance(v, tuple) else v for k, v in url.query.items()}
     # SQLAlchemy reads repeated host/port query parameters as a multi-host list itself.
     kept = {k: v for k, v in url.query.items() if k in ("host", "port")}
     shared: Words = {k: v for k, v in query.items() if k not in kept}
-    where = dict.fromkeys(shared, "url")
+    where = dict.fromkeys(shared, url_field)
     for key, value in (db.connect_args or {}).items():
         shared[key] = value
         where[key] = f"connect_args.{key}"
@@ -295,6 +299,7 @@ _TLS_WORDS: Final = (
     "ssl_max_protocol_version",
 )
 _FILE_WORDS: Final = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+_DEFAULT_ROOT: Final = "~/.postgresql/root.crt"  # libpq's (and asyncpg's) root certificate when none is named
 SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _TLS_VERSIONS: Final = {"TLSv1": "TLSv1", "TLSv1.1": "TLSv1_1", "TLSv1.2": "TLSv1_2", "TLSv1.3": "TLSv1_3"}
 
@@ -312,11 +317,21 @@ def _postgresql(shared: Words, target: _Target) -> None:
 
 
 def _check_files(shared: Words, target: _Target) -> None:
+    # Both modes would fail at the first connection; `refusals` reports each once.
     for key in _FILE_WORDS:
         path = shared.get(key)
         if isinstance(path, str) and path and path != "system" and not os.path.isfile(os.path.expanduser(path)):
-            # Both modes would fail at the first connection; one message is enough.
             target.problems.append(Refusal(target.where.get(key, key), f"the {key} file {path} does not exist"))
+    mode = shared.get("sslmode")
+    verifies = mode in ("verify-ca", "verify-full") and not shared.get("sslrootcert")
+    if verifies and not os.path.isfile(os.path.expanduser(_DEFAULT_ROOT)):
+        target.problems.append(
+            Refusal(
+                target.where.get("sslmode", "sslmode"),
+                f"sslmode={mode} checks the server against a root certificate: set sslrootcert "
+                f"(libpq's default, {_DEFAULT_ROOT}, does not exist)",
+            )
+        )
 
 
 def _check_tls_values(shared: Words, target: _Target) -> None:
@@ -545,7 +560,7 @@ def tls_context(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     root = files.get("sslrootcert")
     if root is None and mode != "require":
-        root = "~/.postgresql/root.crt"  # libpq's default root certificate
+        root = _DEFAULT_ROOT
     if root is None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

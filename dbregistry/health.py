@@ -184,9 +184,10 @@ _SECRET_WORDS: Final = ("password", "passwd", "secret", "token", "key")
 
 
 def secrets_of(db: DatabaseConfig) -> list[str]:
-    """The passwords a database's declaration holds: URL passwords and secret ``connect_args``."""
+    """The passwords a database's declaration holds: URL passwords, secret ``connect_args`` and ``driver_args``."""
     found = [url.password for url in (db.url, db.direct_url) if url is not None and url.password]
-    for key, value in (db.connect_args or {}).items():
+    sections = [db.connect_args or {}, *(db.driver_args or {}).values()]
+    for key, value in (item for section in sections for item in section.items()):
         if isinstance(value, str) and value and any(word in key.lower() for word in _SECRET_WORDS):
             found.append(value)
     return [str(secret) for secret in found]

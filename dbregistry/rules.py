@@ -139,13 +139,17 @@ def settings_that_work_behind_a_transaction_pooler(name: str, db: DatabaseConfig
 @rule
 def connection_settings_reach_every_driver(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
     """What each mode's driver would refuse at its first connection, found now (see `dbregistry._connect`)."""
-    if not (db.url.query or db.connect_args or db.driver_args):
-        return
-    urls = {}
-    for is_async in (False, True):
-        try:
-            urls[is_async] = resolve_driver(db.url, is_async=is_async)
-        except DriverError:
-            continue  # no driver for that mode: said when its engine is asked for
-    for refusal in refusals(db, urls):
-        yield refusal.field, refusal.message
+    seen: set[Finding] = set()
+    for field, url in (("url", db.url), ("direct_url", db.direct_url)):
+        if url is None or not (url.query or db.connect_args or db.driver_args):
+            continue
+        urls = {}
+        for is_async in (False, True):
+            try:
+                urls[is_async] = resolve_driver(url, is_async=is_async)
+            except DriverError:
+                continue  # no driver for that mode: said when its engine is asked for
+        for refusal in refusals(db, urls, url_field=field):
+            if (refusal.field, refusal.message) not in seen:
+                seen.add((refusal.field, refusal.message))
+                yield refusal.field, refusal.message

@@ -24,6 +24,7 @@ from dbregistry import ConfigError, Registry
 from dbregistry._connect import accepted, asyncpg_keywords, libpq_keywords, parse_options
 from dbregistry.cli import EXIT_OK, main
 from dbregistry.engines import engine_spec
+from dbregistry.health import secrets_of
 from dbregistry.schema import DatabaseConfig
 
 PG = "postgresql://app:pw@db.example/app"
@@ -347,6 +348,23 @@ class TestTls:
             f"from_dict  databases.primary.connect_args.sslcert: the sslcert file {missing} does not exist"
         ]
 
+    def test_verify_without_a_root_certificate(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.postgresql/root.crt there
+        assert problems_of(connect_args={"sslmode": "verify-full"}) == [
+            "from_dict  databases.primary.connect_args.sslmode: sslmode=verify-full checks the server against a "
+            "root certificate: set sslrootcert (libpq's default, ~/.postgresql/root.crt, does not exist)"
+        ]
+        root = tmp_path / ".postgresql" / "root.crt"
+        root.parent.mkdir()
+        root.write_text("", encoding="utf-8")
+        assert args_of(True, connect_args={"sslmode": "verify-full"}) == {"ssl": "verify-full"}
+
+    def test_the_direct_url_query_is_checked_too(self, tmp_path: Path) -> None:
+        missing = tmp_path / "ca.crt"
+        assert problems_of(direct_url=f"{PG}?sslmode=verify-ca&sslrootcert={missing}") == [
+            f"from_dict  databases.primary.direct_url: the sslrootcert file {missing} does not exist"
+        ]
+
     @pytest.mark.parametrize("sslmode", ["prefer", "allow", None])
     def test_bounds_without_required_tls_are_refused_for_asyncpg(self, sslmode: str | None) -> None:
         connect_args = {"ssl_min_protocol_version": "TLSv1.2"} | ({"sslmode": sslmode} if sslmode else {})
@@ -464,6 +482,14 @@ class TestRefusals:
     def test_a_refusal_is_at_load_not_at_the_first_connection(self) -> None:
         with pytest.raises(ConfigError, match=re.escape("databases.primary.connect_args.connect_timout")):
             registry_of("sqlite:///x.db", connect_args={"connect_timout": 3})
+
+
+def test_a_password_in_a_driver_section_is_never_shown() -> None:
+    secret = "Driver-Args-Pw-5521"
+    registry = registry_of(PG, driver_args={"asyncpg": {"password": secret}})
+    assert secret not in repr(registry["primary"])
+    assert secrets_of(registry["primary"]) == ["pw", secret]
+    registry.close()
 
 
 # -- SQLite and MySQL -----------------------------------------------------------------------

@@ -51,6 +51,11 @@ class RefusedError(ValueError):
 # -- what each driver takes, read from the driver ---------------------------------------
 
 
+# Keywords SQLAlchemy's async dialects take out of connect_args before the driver sees them.
+_SQLALCHEMY_ASYNC: Final = frozenset({"async_creator_fn"})
+_SQLALCHEMY_ASYNCPG: Final = frozenset({"prepared_statement_cache_size", "prepared_statement_name_func"})
+
+
 @functools.cache
 def libpq_keywords() -> frozenset[str] | None:
     """Every keyword the installed libpq takes (through psycopg), or None without psycopg."""
@@ -79,7 +84,8 @@ def asyncpg_keywords() -> frozenset[str] | None:
     except ImportError:
         return None
     # The URL's parts are SQLAlchemy's to pass; ``loop`` and ``dsn`` are not settings.
-    return _keywords(asyncpg.connect, exclude={"dsn", "loop"})
+    # SQLAlchemy's asyncpg dialect takes three keywords of its own (its connect()).
+    return _keywords(asyncpg.connect, exclude={"dsn", "loop"}) | _SQLALCHEMY_ASYNC | _SQLALCHEMY_ASYNCPG
 
 
 @functools.cache
@@ -96,6 +102,7 @@ def sqlite_keywords(*, is_async: bool) -> frozenset[str]:
             names.add("iter_chunk_size")
         else:
             names |= _keywords(aiosqlite.connect, exclude={"database", "loop"})
+        names |= _SQLALCHEMY_ASYNC
     return frozenset(names)
 
 
@@ -126,11 +133,11 @@ _MYSQL_KEYWORDS: Final[dict[str, frozenset[str]]] = {
         "passwd", "collation", "compress", "named_pipe", "cursorclass", "ssl_mode", "binary_prefix",
         "read_timeout", "write_timeout",
     },
-    "aiomysql": _MYSQL_COMMON | {"cursorclass", "echo"},
+    "aiomysql": _MYSQL_COMMON | {"cursorclass", "echo", "async_creator_fn"},
     "asyncmy": _MYSQL_COMMON
     | {
         "collation", "cursor_cls", "max_allowed_packet", "defer_connect", "auth_plugin_map", "read_timeout",
-        "write_timeout", "bind_address", "binary_prefix", "echo",
+        "write_timeout", "bind_address", "binary_prefix", "echo", "async_creator_fn",
     },
 }  # fmt: skip
 
@@ -216,37 +223,41 @@ def driver_name(url: URL) -> str:
 
 def _translate(db: Any, url: URL, *, is_async: bool, url_field: str = "url") -> tuple[URL, _Target]:
     dialect, driver = url.get_backend_name(), driver_name(url)
-    mode = "async" if is_async else "sync"
-    query = {k: v[-1] if isinstance(v, tuple) else v for k, v in url.query.items()}
-    # SQLAlchemy reads repeated host/port query parameters as a multi-host list itself.
-    kept = {k: v for k, v in url.query.items() if k in ("host", "port")}
-    shared: Words = {k: v for k, v in query.items() if k not in kept}
-    where = dict.fromkeys(shared, url_field)
-    for key, value in (db.connect_args or {}).items():
-        shared[key] = value
-        where[key] = f"connect_args.{key}"
+    connect_args = db.connect_args or {}
+    shared: Words = {}
+    where: dict[str, str] = {}
+    # SQLAlchemy hands a PostgreSQL URL's query to psycopg and asyncpg as keywords, so it
+    # is translated with connect_args; other dialects read their query themselves (SQLite's
+    # URI parameters, MySQL's ssl_*), the same way for both drivers of a pair.
+    translates_query = dialect == "postgresql" and driver in ("psycopg", "asyncpg")
+    if translates_query:
+        for key, value in url.query.items():
+            if key not in ("host", "port"):  # a multi-host list: SQLAlchemy's to read
+                shared[key], where[key] = value[-1] if isinstance(value, tuple) else value, url_field
+    for key, value in connect_args.items():
+        shared[key], where[key] = value, f"connect_args.{key}"
     try:
         other = driver_name(resolve_driver(db.url, is_async=not is_async))
     except DriverError:
         other = ""
-    target = _Target(driver, mode, other, {}, [], where)
+    target = _Target(driver, "async" if is_async else "sync", other, {}, [], where)
     translate = _DIALECTS.get(dialect)
     if translate is None:
         target.args.update(shared)
     else:
         translate(shared, target)
-    if dialect == "postgresql" and driver == "psycopg":
-        # libpq reads its own words from the URL query as it always has; only the rest moves.
-        libpq = libpq_keywords() or frozenset()
-        kept.update({k: v for k, v in url.query.items() if k in libpq and k not in (db.connect_args or {})})
-        target.args = {k: v for k, v in target.args.items() if k not in kept or k in (db.connect_args or {})}
+    if translates_query:
+        # libpq reads its own words from the URL's query as it always has; the rest moves.
+        stays = (libpq_keywords() or frozenset()) if driver == "psycopg" else frozenset()
+        query = {k: v for k, v in url.query.items() if k in ("host", "port") or (k in stays and k not in connect_args)}
+        target.args = {k: v for k, v in target.args.items() if k not in query}
+        if query != dict(url.query):
+            url = url.set(query=query)
     own = (db.driver_args or {}).get(driver)
     if isinstance(own, Mapping):
         for key, value in own.items():
             target.where[key] = f"driver_args.{driver}.{key}"
             target.put(key, value)
-    if kept != dict(url.query):
-        url = url.set(query=kept)
     return url, target
 
 
@@ -673,6 +684,7 @@ _TYPES: Final[dict[tuple[str, str], type]] = {
     ("asyncpg", "max_cached_statement_lifetime"): float,
     ("asyncpg", "max_cacheable_statement_size"): int,
     ("asyncpg", "direct_tls"): bool,
+    ("asyncpg", "prepared_statement_cache_size"): int,
     ("psycopg", "autocommit"): bool,
     ("psycopg", "prepare_threshold"): int,
     ("pysqlite", "timeout"): float,

@@ -263,6 +263,16 @@ class TestTranslation:
         assert args_of(True, connect_args=connect_args) == {}
         assert args_of(False, connect_args=connect_args) == connect_args
 
+    def test_sqlalchemys_own_asyncpg_keywords(self) -> None:
+        connect_args = {"prepared_statement_cache_size": "0"}
+        assert problems_of(connect_args=connect_args) == [
+            "from_dict  databases.primary.connect_args.prepared_statement_cache_size: psycopg (the sync mode) has "
+            "no counterpart of asyncpg's prepared_statement_cache_size; move it into driver_args.asyncpg to set it "
+            "for that driver alone"
+        ]
+        driver_args = {"asyncpg": connect_args}
+        assert args_of(True, driver_args=driver_args) == {"prepared_statement_cache_size": 0}
+
     def test_driver_args_reach_their_driver_alone(self) -> None:
         driver_args = {"asyncpg": {"command_timeout": "5", "statement_cache_size": "0"}, "psycopg": {"keepalives": 1}}
         assert args_of(True, driver_args=driver_args) == {"command_timeout": 5.0, "statement_cache_size": 0}
@@ -510,6 +520,19 @@ class TestSqlite:
             "uri": True,
         }
         registry = registry_of(url, connect_args=connect_args)
+        assert both_modes(registry, "select 1") == (1, 1)
+        registry.close()
+
+    def test_the_url_query_is_sqlalchemys_to_read(self, tmp_path: Path) -> None:
+        """SQLite URI parameters stay in the URL for both drivers (SQLAlchemy's pysqlite dialect reads them)."""
+        database = tmp_path / "ro.db"
+        database.touch()
+        url = f"sqlite:///file:{database}?mode=ro&uri=true"
+        for is_async in (False, True):
+            spec = engine_spec(DatabaseConfig.model_validate({"url": url}), is_async=is_async)
+            assert dict(spec.url.query) == {"mode": "ro", "uri": "true"}
+            assert "connect_args" not in spec.kwargs
+        registry = registry_of(url)
         assert both_modes(registry, "select 1") == (1, 1)
         registry.close()
 

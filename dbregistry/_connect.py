@@ -248,8 +248,11 @@ def _translate(db: Any, url: URL, *, is_async: bool, url_field: str = "url") -> 
         translate(shared, target)
     if translates_query:
         # libpq reads its own words from the URL's query as it always has; the rest moves.
-        stays = (libpq_keywords() or frozenset()) if driver == "psycopg" else frozenset()
-        query = {k: v for k, v in url.query.items() if k in ("host", "port") or (k in stays and k not in connect_args)}
+        query = {
+            k: v
+            for k, v in url.query.items()
+            if k in ("host", "port") or (driver == "psycopg" and is_libpq_word(k) and k not in connect_args)
+        }
         target.args = {k: v for k, v in target.args.items() if k not in query}
         if query != dict(url.query):
             url = url.set(query=query)
@@ -360,24 +363,37 @@ def _check_tls_values(shared: Words, target: _Target) -> None:
 
 
 def _to_libpq(shared: Words, target: _Target) -> None:
-    libpq = libpq_keywords()
-    own = psycopg_keywords()
-    asyncpg = asyncpg_keywords() or frozenset()
     options: list[str] = []
     for key, value in shared.items():
-        if libpq is None or key in libpq or key in own:
+        if is_libpq_word(key) or key in psycopg_keywords():
             target.args[key] = value
         elif key in _ASYNCPG_TO_LIBPQ:
-            _asyncpg_word_to_libpq(key, value, target, options, libpq)
-        elif key in asyncpg:
+            _asyncpg_word_to_libpq(key, value, target, options)
+        elif key in (asyncpg_keywords() or ()):
             _no_counterpart(target, key, "asyncpg", "asyncpg")
         else:
-            _unknown(target, key, libpq | own | asyncpg, "psycopg (libpq) or asyncpg")
+            _unknown(target, key, _every_postgresql_word(), "psycopg (libpq) or asyncpg")
     if options:
         target.args["options"] = " ".join([target.args.get("options", ""), *options]).strip()
 
 
-def _asyncpg_word_to_libpq(key: str, value: Any, target: _Target, options: list[str], libpq: frozenset[str]) -> None:
+def is_libpq_word(key: str) -> bool:
+    """A libpq keyword (any word when psycopg is not installed to say otherwise).
+
+    The words this module translates are libpq's by construction, so the common
+    settings need no driver import at load; any other word is looked up in libpq's list.
+    """
+    if key in _LIBPQ_TO_ASYNCPG or key in _TLS_WORDS or key in _ASYNCPG_ALREADY:
+        return True
+    libpq = libpq_keywords()
+    return libpq is None or key in libpq
+
+
+def _every_postgresql_word() -> frozenset[str]:
+    return (libpq_keywords() or frozenset()) | psycopg_keywords() | (asyncpg_keywords() or frozenset())
+
+
+def _asyncpg_word_to_libpq(key: str, value: Any, target: _Target, options: list[str]) -> None:
     if key == "timeout":
         seconds = _number(value)
         if seconds is None:
@@ -397,7 +413,7 @@ def _asyncpg_word_to_libpq(key: str, value: Any, target: _Target, options: list[
         target.args.setdefault("sslmode", value)
     elif key == "ssl" and isinstance(value, bool):
         target.args.setdefault("sslmode", "verify-full" if value else "disable")
-    elif key == "direct_tls" and "sslnegotiation" in libpq:
+    elif key == "direct_tls" and "sslnegotiation" in (libpq_keywords() or ()):
         if _boolean(value):
             target.args.setdefault("sslnegotiation", "direct")
     else:
@@ -405,9 +421,6 @@ def _asyncpg_word_to_libpq(key: str, value: Any, target: _Target, options: list[
 
 
 def _to_asyncpg(shared: Words, target: _Target) -> None:
-    asyncpg = asyncpg_keywords()
-    libpq = libpq_keywords() or frozenset()
-    own = psycopg_keywords()
     server_settings: dict[str, str] = {}
     for key, value in shared.items():
         if key in _TLS_WORDS:
@@ -424,17 +437,17 @@ def _to_asyncpg(shared: Words, target: _Target) -> None:
                 "cannot be honoured; name postgresql+psycopg:// in the URL so that the async mode uses "
                 "psycopg, which does, or move it into driver_args.psycopg to require it of the sync mode alone",
             )
-        elif asyncpg is None or key in asyncpg:
+        elif asyncpg_keywords() is None or key in (asyncpg_keywords() or ()):
             if key == "server_settings" and isinstance(value, Mapping):
                 server_settings.update({str(k): str(v) for k, v in value.items()})
             else:
                 target.put(key, value)
-        elif key in libpq:
+        elif key in _ASYNCPG_ALREADY or key in (libpq_keywords() or ()):
             _no_counterpart(target, key, "libpq", "psycopg")
-        elif key in own:
+        elif key in psycopg_keywords():
             _no_counterpart(target, key, "psycopg", "psycopg")
         else:
-            _unknown(target, key, libpq | own | (asyncpg or frozenset()), "psycopg (libpq) or asyncpg")
+            _unknown(target, key, _every_postgresql_word(), "psycopg (libpq) or asyncpg")
     tls = _tls_for_asyncpg(shared, target)
     if tls is not None:
         target.args["ssl"] = tls

@@ -11,6 +11,7 @@ import json
 import re
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -295,6 +296,18 @@ class TestTranslation:
     )
     def test_options(self, options: str, settings: dict[str, str]) -> None:
         assert parse_options(options) == settings
+
+    def test_common_settings_load_without_importing_a_driver(self) -> None:
+        """A provider URL's usual words are translated without the ~350 ms of importing psycopg and asyncpg."""
+        code = (
+            "import sys\n"
+            "from dbregistry import Registry\n"
+            "Registry.from_dict({'databases': {'a': {'url': 'postgresql://u@h/d?sslmode=require&connect_timeout=5',"
+            " 'connect_args': {'options': '-c statement_timeout=1000', 'application_name': 'api'}}}}, environ={})\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('psycopg', 'asyncpg')))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+        assert done.stdout == "[]\n"
 
     def test_keyword_lists_come_from_the_drivers(self) -> None:
         libpq, asyncpg = libpq_keywords(), asyncpg_keywords()

@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL
 
 from .urls import DriverError, resolve_driver
 
-__all__ = ["Refusal", "describe_tls", "driver_connect_args", "driver_name", "refusals"]
+__all__ = ["Refusal", "describe_tls", "driver_connect_args", "driver_name", "missing_files", "refusals"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,21 +221,44 @@ def driver_name(url: URL) -> str:
     return url.drivername.partition("+")[2] or ("pysqlite" if url.get_backend_name() == "sqlite" else "")
 
 
+def _words(db: Any, url: URL | None, url_field: str) -> tuple[Words, dict[str, str]]:
+    """The settings of the URL's query (when given) and of connect_args, and where each was written."""
+    shared: Words = {}
+    where: dict[str, str] = {}
+    for key, value in (url.query if url is not None else {}).items():
+        if key not in ("host", "port"):  # a multi-host list: SQLAlchemy's to read
+            shared[key], where[key] = value[-1] if isinstance(value, tuple) else value, url_field
+    for key, value in (db.connect_args or {}).items():
+        shared[key], where[key] = value, f"connect_args.{key}"
+    return shared, where
+
+
+def missing_files(db: Any) -> Iterator[Refusal]:
+    """The certificate files a PostgreSQL declaration names that do not exist on this machine.
+
+    Both modes would fail at their first connection. Kept apart from `refusals`
+    because the answer depends on the machine: another environment's profile is
+    not checked against this one's files.
+    """
+    seen: set[Refusal] = set()
+    for url_field, url in (("url", db.url), ("direct_url", db.direct_url)):
+        if url is None or url.get_backend_name() != "postgresql":
+            continue
+        shared, where = _words(db, url, url_field)
+        for refusal in _check_files(shared, where):
+            if refusal not in seen:
+                seen.add(refusal)
+                yield refusal
+
+
 def _translate(db: Any, url: URL, *, is_async: bool, url_field: str = "url") -> tuple[URL, _Target]:
     dialect, driver = url.get_backend_name(), driver_name(url)
     connect_args = db.connect_args or {}
-    shared: Words = {}
-    where: dict[str, str] = {}
     # SQLAlchemy hands a PostgreSQL URL's query to psycopg and asyncpg as keywords, so it
     # is translated with connect_args; other dialects read their query themselves (SQLite's
     # URI parameters, MySQL's ssl_*), the same way for both drivers of a pair.
     translates_query = dialect == "postgresql" and driver in ("psycopg", "asyncpg")
-    if translates_query:
-        for key, value in url.query.items():
-            if key not in ("host", "port"):  # a multi-host list: SQLAlchemy's to read
-                shared[key], where[key] = value[-1] if isinstance(value, tuple) else value, url_field
-    for key, value in connect_args.items():
-        shared[key], where[key] = value, f"connect_args.{key}"
+    shared, where = _words(db, url if translates_query else None, url_field)
     try:
         other = driver_name(resolve_driver(db.url, is_async=not is_async))
     except DriverError:
@@ -320,7 +343,6 @@ _TLS_VERSIONS: Final = {"TLSv1": "TLSv1", "TLSv1.1": "TLSv1_1", "TLSv1.2": "TLSv
 
 @_for_dialect("postgresql")
 def _postgresql(shared: Words, target: _Target) -> None:
-    _check_files(shared, target)
     _check_tls_values(shared, target)
     if target.driver == "asyncpg":
         _to_asyncpg(shared, target)
@@ -330,21 +352,18 @@ def _postgresql(shared: Words, target: _Target) -> None:
         target.args.update(shared)  # psycopg2, pg8000, ...: the user's words, unchanged
 
 
-def _check_files(shared: Words, target: _Target) -> None:
-    # Both modes would fail at the first connection; `refusals` reports each once.
+def _check_files(shared: Words, where: Mapping[str, str]) -> Iterator[Refusal]:
     for key in _FILE_WORDS:
         path = shared.get(key)
         if isinstance(path, str) and path and path != "system" and not os.path.isfile(os.path.expanduser(path)):
-            target.problems.append(Refusal(target.where.get(key, key), f"the {key} file {path} does not exist"))
+            yield Refusal(where[key], f"the {key} file {path} does not exist")
     mode = shared.get("sslmode")
     verifies = mode in ("verify-ca", "verify-full") and not shared.get("sslrootcert")
     if verifies and not os.path.isfile(os.path.expanduser(_DEFAULT_ROOT)):
-        target.problems.append(
-            Refusal(
-                target.where.get("sslmode", "sslmode"),
-                f"sslmode={mode} checks the server against a root certificate: set sslrootcert "
-                f"(libpq's default, {_DEFAULT_ROOT}, does not exist)",
-            )
+        yield Refusal(
+            where["sslmode"],
+            f"sslmode={mode} checks the server against a root certificate: set sslrootcert "
+            f"(libpq's default, {_DEFAULT_ROOT}, does not exist)",
         )
 
 
@@ -569,7 +588,7 @@ def _tls_for_asyncpg(shared: Words, target: _Target) -> str | ssl.SSLContext | N
             )
         return None
     if any(not os.path.isfile(os.path.expanduser(p)) for k, p in files.items() if p != "system"):
-        return None  # reported by _check_files
+        return None  # reported by missing_files
     try:
         return tls_context(mode, files, bounds, shared.get("sslpassword"))
     except (ssl.SSLError, OSError, ValueError) as e:

@@ -270,7 +270,7 @@ def _validate_other_profiles(
         trial = replace(document, data={**document.data, "profiles": {**_profiles(document), name: resolved}})
         merged = merge([base_layer(document), profile_layer(trial, name, Precedence.PROFILE)])
         local = _Collector()
-        _validate(merged, local, True)
+        _validate(merged, local, True, local=False)  # this machine's files are not another environment's
         for problem in local.problems:
             path = tuple(problem.path.split("."))
             if merged.origin(path).precedence != Precedence.PROFILE or path in unresolved:
@@ -319,7 +319,7 @@ def _apply_password_files(merged: Merged, found: _Collector) -> None:
 # -- validation -------------------------------------------------------------------
 
 
-def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryConfig | None:
+def _validate(merged: Merged, found: _Collector, from_file: bool, *, local: bool = True) -> RegistryConfig | None:
     data = merged.data
     origin = merged.origin
     for key in data:
@@ -372,7 +372,7 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
                 found.add(where, message, origin(where))
     declared = {name: databases.get(name) for name in raw}
     for name, db in databases.items():
-        for field_name, message in check(name, db, declared):
+        for field_name, message in check(name, db, declared, local=local):
             # A rule may name a setting inside a field: connect_args.sslmode.
             where = ("databases", name, *field_name.split("."))
             set_here = field_name.partition(".")[0] in db.model_fields_set

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from ._connect import refusals
+from ._connect import missing_files, refusals
 from .errors import closest
 from .poolers import detect as detect_pooler
 from .poolers import forbidden_settings
@@ -18,13 +18,15 @@ from .pools import QUEUE_OPTIONS, accepted_options, why_not
 from .schema import DatabaseConfig
 from .urls import DriverError, dialect_of, is_sqlite, is_sqlite_memory, resolve_driver
 
-__all__ = ["RULES", "Finding", "check", "effective_pool_class"]
+__all__ = ["LOCAL_RULES", "RULES", "Finding", "check", "effective_pool_class"]
 
 Finding = tuple[str, str]
 # The mapping holds every declared name; a database that failed validation maps to None.
 Declared = Mapping[str, DatabaseConfig | None]
 Rule = Callable[[str, DatabaseConfig, Declared], Iterator[Finding]]
 RULES: list[Rule] = []
+# Rules whose answer depends on this machine (files): not run for another environment's profile.
+LOCAL_RULES: list[Rule] = []
 
 
 def rule(func: Rule) -> Rule:
@@ -32,9 +34,15 @@ def rule(func: Rule) -> Rule:
     return func
 
 
-def check(name: str, db: DatabaseConfig, databases: Declared) -> list[Finding]:
-    """Every finding of every rule for one database."""
-    return [finding for r in RULES for finding in r(name, db, databases)]
+def local_rule(func: Rule) -> Rule:
+    LOCAL_RULES.append(func)
+    return func
+
+
+def check(name: str, db: DatabaseConfig, databases: Declared, *, local: bool = True) -> list[Finding]:
+    """Every finding of every rule for one database (``local``: the machine-dependent ones too)."""
+    rules = [*RULES, *LOCAL_RULES] if local else RULES
+    return [finding for r in rules for finding in r(name, db, databases)]
 
 
 def effective_pool_class(db: DatabaseConfig) -> tuple[str, bool]:
@@ -153,3 +161,9 @@ def connection_settings_reach_every_driver(name: str, db: DatabaseConfig, _: Dec
             if (refusal.field, refusal.message) not in seen:
                 seen.add((refusal.field, refusal.message))
                 yield refusal.field, refusal.message
+
+
+@local_rule
+def certificate_files_exist(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
+    for refusal in missing_files(db):
+        yield refusal.field, refusal.message

@@ -388,6 +388,27 @@ class TestTls:
             f"from_dict  databases.primary.direct_url: the sslrootcert file {missing} does not exist"
         ]
 
+    def test_another_profiles_files_are_not_this_machines(self, tmp_path: Path) -> None:
+        config = tmp_path / "databases.yaml"
+        config.write_text(
+            "databases:\n"
+            "  primary:\n"
+            f"    url: {PG}\n"
+            "profiles:\n"
+            "  production:\n"
+            "    databases:\n"
+            "      primary:\n"
+            "        connect_args: {sslmode: verify-full, sslrootcert: /run/secrets/no-such-ca.pem}\n",
+            encoding="utf-8",
+        )
+        Registry.from_yaml(config, environ={}).close()
+        with pytest.raises(ConfigError) as info:
+            Registry.from_yaml(config, environ={}, profile="production")
+        assert [str(p) for p in info.value.problems] == [
+            f"{config}:8  databases.primary.connect_args.sslrootcert: the sslrootcert file "
+            "/run/secrets/no-such-ca.pem does not exist"
+        ]
+
     @pytest.mark.parametrize("sslmode", ["prefer", "allow", None])
     def test_bounds_without_required_tls_are_refused_for_asyncpg(self, sslmode: str | None) -> None:
         connect_args = {"ssl_min_protocol_version": "TLSv1.2"} | ({"sslmode": sslmode} if sslmode else {})

@@ -235,7 +235,7 @@ def effective_fields(registry: Registry, name: str) -> list[dict[str, Any]]:
             value, label = None, f"not used by {pool_class}"
         else:
             value, label = copy.deepcopy(SQLALCHEMY_DEFAULTS.get(field, value)), "default"
-        if field == "connect_args" and isinstance(value, dict):
+        if field in ("connect_args", "driver_args") and isinstance(value, dict):
             value = _masked_args(value)
         fields.append(
             {

@@ -626,7 +626,7 @@ class TestShow:
             '      options: "-c statement_timeout=30000"\n'
             f"      password: {self.SECRET}\n"
             "    driver_args:\n"
-            "      asyncpg: {command_timeout: 5}\n",
+            f"      asyncpg: {{command_timeout: 5, password: {self.SECRET}}}\n",
             encoding="utf-8",
         )
         return config
@@ -648,6 +648,9 @@ class TestShow:
         assert main(["show", "--config", str(self.config(tmp_path)), "--json"]) == EXIT_OK
         out = capsys.readouterr().out
         assert self.SECRET not in out
+        assert json.loads(out)["databases"]["primary"]["driver_args"]["value"] == {
+            "asyncpg": {"command_timeout": 5, "password": "***"}
+        }
         assert json.loads(out)["connections"]["primary"] == {
             "sync": {
                 "driver": "psycopg",

@@ -267,7 +267,7 @@ def _translate(db: Any, url: URL, *, is_async: bool, url_field: str = "url") -> 
     translate = _DIALECTS.get(dialect)
     if translate is None:
         target.args.update(shared)
-    else:
+    elif shared:  # the keyword lists cost a driver import: only when there is something to check
         translate(shared, target)
     if translates_query:
         # libpq reads its own words from the URL's query as it always has; the rest moves.
@@ -656,15 +656,19 @@ def _common_name(certificate: Mapping[str, Any]) -> str:
 
 @_for_dialect("sqlite")
 def _sqlite(shared: Words, target: _Target) -> None:
-    mine = sqlite_keywords(is_async=target.driver == "aiosqlite")
-    theirs = sqlite_keywords(is_async=target.other == "aiosqlite")
+    def takes(driver: str, key: str) -> bool:
+        # aiosqlite hands its other keywords to sqlite3.connect: its own list is read only when needed.
+        return key in sqlite_keywords(is_async=False) or (
+            driver == "aiosqlite" and key in sqlite_keywords(is_async=True)
+        )
+
     for key, value in shared.items():
-        if key in mine:
+        if takes(target.driver, key):
             target.put(key, value)
-        elif key in theirs:
+        elif takes(target.other, key):
             _no_counterpart(target, key, target.other, target.other)
         else:
-            _unknown(target, key, mine | theirs, "sqlite3 or aiosqlite")
+            _unknown(target, key, sqlite_keywords(is_async=True), "sqlite3 or aiosqlite")
 
 
 # -- MySQL ----------------------------------------------------------------------------------

@@ -209,7 +209,9 @@ def refusals(db: Any, urls: Mapping[bool, URL], *, url_field: str = "url") -> It
     """
     seen: set[Refusal] = set()
     for is_async, url in urls.items():
-        for problem in _translate(db, url, is_async=is_async, url_field=url_field)[1].problems:
+        other = urls.get(not is_async)
+        target = _translate(db, url, is_async=is_async, url_field=url_field, other=other, with_url=False)[1]
+        for problem in target.problems:
             if problem not in seen:
                 seen.add(problem)
                 yield problem
@@ -251,7 +253,11 @@ def missing_files(db: Any) -> Iterator[Refusal]:
                 yield refusal
 
 
-def _translate(db: Any, url: URL, *, is_async: bool, url_field: str = "url") -> tuple[URL, _Target]:
+def _translate(
+    db: Any, url: URL, *, is_async: bool, url_field: str = "url", other: URL | None = None, with_url: bool = True
+) -> tuple[URL, _Target]:
+    """The keywords for ``url``'s driver; ``other`` is the other mode's URL when known, and
+    ``with_url=False`` skips building the returned URL (validation needs only the problems)."""
     dialect, driver = url.get_backend_name(), driver_name(url)
     connect_args = db.connect_args or {}
     # SQLAlchemy hands a PostgreSQL URL's query to psycopg and asyncpg as keywords, so it
@@ -259,11 +265,13 @@ def _translate(db: Any, url: URL, *, is_async: bool, url_field: str = "url") -> 
     # URI parameters, MySQL's ssl_*), the same way for both drivers of a pair.
     translates_query = dialect == "postgresql" and driver in ("psycopg", "asyncpg")
     shared, where = _words(db, url if translates_query else None, url_field)
-    try:
-        other = driver_name(resolve_driver(db.url, is_async=not is_async))
-    except DriverError:
-        other = ""
-    target = _Target(driver, "async" if is_async else "sync", other, {}, [], where)
+    if other is None:
+        try:
+            other = resolve_driver(db.url, is_async=not is_async)
+        except DriverError:
+            other = None
+    other_driver = driver_name(other) if other is not None else ""
+    target = _Target(driver, "async" if is_async else "sync", other_driver, {}, [], where)
     translate = _DIALECTS.get(dialect)
     if translate is None:
         target.args.update(shared)
@@ -277,7 +285,7 @@ def _translate(db: Any, url: URL, *, is_async: bool, url_field: str = "url") -> 
             if k in ("host", "port") or (driver == "psycopg" and is_libpq_word(k) and k not in connect_args)
         }
         target.args = {k: v for k, v in target.args.items() if k not in query}
-        if query != dict(url.query):
+        if with_url and query != dict(url.query):
             url = url.set(query=query)
     own = (db.driver_args or {}).get(driver)
     if isinstance(own, Mapping):
@@ -528,20 +536,7 @@ def _sslnegotiation(value: Any, target: _Target, server_settings: dict[str, str]
 
 def parse_options(options: str) -> dict[str, str]:
     """libpq's ``options`` (``-c name=value`` and ``--name=value``, backslash-escaped) as settings."""
-    words: list[str] = []
-    current: list[str] = []
-    chars = iter(options)
-    for char in chars:
-        if char == "\\":
-            current.append(next(chars, ""))
-        elif char.isspace():
-            if current:
-                words.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-    if current:
-        words.append("".join(current))
+    words = options.split() if "\\" not in options else _escaped_words(options)
     settings: dict[str, str] = {}
     pending_c = False
     for word in words:
@@ -561,6 +556,25 @@ def parse_options(options: str) -> dict[str, str]:
     if pending_c:
         raise ValueError("asyncpg (the async mode) takes only '-c name=value' settings from options; '-c' is last")
     return settings
+
+
+def _escaped_words(options: str) -> list[str]:
+    """libpq's splitting of ``options``: whitespace separates words, a backslash escapes the next character."""
+    words: list[str] = []
+    current: list[str] = []
+    chars = iter(options)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char.isspace():
+            if current:
+                words.append("".join(current))
+                current = []
+        else:
+            current.append(char)
+    if current:
+        words.append("".join(current))
+    return words
 
 
 def _libpq_escape(value: str) -> str:

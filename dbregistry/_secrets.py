@@ -75,12 +75,14 @@ def is_secret_key(key: object) -> bool:
 
 
 def mask_mapping(args: Mapping[str, Any]) -> dict[str, Any]:
-    """``args`` with the value of every secret key shown as ``***``.
+    """``args`` with the value of every secret key shown as ``***``, at every depth.
 
     >>> mask_mapping({"sslpassword": "s3cret", "connect_timeout": 5})
     {'sslpassword': '***', 'connect_timeout': 5}
+    >>> mask_mapping({"asyncpg": {"password": "s3cret"}})
+    {'asyncpg': {'password': '***'}}
     """
-    return {k: MASK if is_secret_key(k) else v for k, v in args.items()}
+    return {k: MASK if is_secret_key(k) else mask_mapping(v) if isinstance(v, Mapping) else v for k, v in args.items()}
 
 
 # -- URLs ---------------------------------------------------------------------------
@@ -208,7 +210,7 @@ class Secrets:
 
 
 def secrets_of(db: DatabaseConfig) -> Secrets:
-    """The passwords a database's declaration holds: URL passwords and secret ``connect_args``."""
+    """The passwords a database's declaration holds: URL passwords, secret ``connect_args`` and ``driver_args``."""
     values: list[str] = []
     shown: list[str] = []
     for url in (db.url, db.direct_url):
@@ -217,7 +219,8 @@ def secrets_of(db: DatabaseConfig) -> Secrets:
         if url.password:
             values.append(str(url.password))
         shown.extend(part for part in (url.username, url.host, url.database) if part)
-    for key, value in (db.connect_args or {}).items():
+    sections = [db.connect_args or {}, *(db.driver_args or {}).values()]
+    for key, value in (item for section in sections for item in section.items()):
         if isinstance(value, str) and value and is_secret_key(key):
             values.append(value)
     return Secrets(tuple(values), tuple(shown))

@@ -4,7 +4,8 @@
 command                                    what it does
 =========================================  ===================================================================
 ``dbregistry validate``                    load and validate; every problem, or one line per database
-``dbregistry show``                        every field of every database, its value and where it came from
+``dbregistry show``                        every field of every database, its value and where it came from,
+                                           and per mode the arguments each driver will receive
 ``dbregistry check [--timeout S]``         connect to every database at once and ping it
 ``dbregistry budget --processes N``        the most connections the fleet can open, per server, against its limit
 ``dbregistry schema``                      the JSON Schema of the configuration file
@@ -29,6 +30,7 @@ import argparse
 import copy
 import json
 import os
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,8 +39,10 @@ from typing import Any, Final, TextIO
 from sqlalchemy.engine import URL
 
 from . import __version__
+from ._connect import describe_tls, driver_name
 from ._secrets import mask_mapping
 from .budget import Budget, plan, read_limits
+from .engines import engine_spec
 from .errors import CloseError, ConfigError, unknown_name_message
 from .health import HealthReport
 from .poolers import detect as detect_pooler
@@ -162,6 +166,8 @@ def _jsonable(value: Any) -> Any:
         return mask(value)
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, ssl.SSLContext):
+        return describe_tls(value)
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -223,7 +229,7 @@ def effective_fields(registry: Registry, name: str) -> list[dict[str, Any]]:
             value, label = None, f"not used by {pool_class}"
         else:
             value, label = copy.deepcopy(SQLALCHEMY_DEFAULTS.get(field, value)), "default"
-        if field == "connect_args" and isinstance(value, dict):
+        if field in ("connect_args", "driver_args") and isinstance(value, dict):
             value = mask_mapping(value)
         if field == "session":
             # The effective defaults: the top-level `session:` merged with this database's own.
@@ -242,6 +248,22 @@ def effective_fields(registry: Registry, name: str) -> list[dict[str, Any]]:
             }
         )
     return fields
+
+
+def driver_arguments(registry: Registry, name: str) -> dict[str, dict[str, Any]]:
+    """Per mode, the driver and the ``connect_args`` it will receive (secrets masked), or why there is none."""
+    shown: dict[str, dict[str, Any]] = {}
+    for mode, is_async in (("sync", False), ("async", True)):
+        try:
+            spec = engine_spec(registry[name], is_async=is_async)
+        except ValueError as e:  # no driver for this mode (DriverError)
+            shown[mode] = {"driver": None, "url": None, "connect_args": None, "error": str(e)}
+            continue
+        # The driver gets the URL's query too (psycopg: libpq's words left there), connect_args winning.
+        query = {k: v for k, v in spec.url.query.items() if k not in ("host", "port")}
+        connect_args = mask_mapping({**query, **spec.kwargs.get("connect_args", {})})
+        shown[mode] = {"driver": driver_name(spec.url), "url": mask(spec.url), "connect_args": _jsonable(connect_args)}
+    return shown
 
 
 def _options_summary(db: DatabaseConfig) -> str:
@@ -308,6 +330,7 @@ def cmd_show(args: argparse.Namespace, style: Style) -> int:
     registry = _load(args)
     try:
         everything = {name: effective_fields(registry, name) for name in registry.names}
+        drivers = {name: driver_arguments(registry, name) for name in registry.names}
         if args.json:
             _emit_json(
                 {
@@ -319,6 +342,7 @@ def cmd_show(args: argparse.Namespace, style: Style) -> int:
                         name: {f["field"]: {k: v for k, v in f.items() if k != "field"} for f in fields}
                         for name, fields in everything.items()
                     },
+                    "connections": drivers,
                 }
             )
             return EXIT_OK
@@ -333,6 +357,12 @@ def cmd_show(args: argparse.Namespace, style: Style) -> int:
                 for f in fields
             ]
             print(render_table(["field", "value", "from"], rows, style, indent="  "))
+            print()
+            modes: list[list[Cell]] = [
+                [mode, shown["driver"] or "-", shown.get("error") or _shown(shown["connect_args"] or None)]
+                for mode, shown in drivers[name].items()
+            ]
+            print(render_table(["mode", "driver", "connection arguments"], modes, style, indent="  "))
         return EXIT_OK
     finally:
         _close(registry)

@@ -21,13 +21,14 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 
+from ._connect import driver_connect_args
 from .errors import ConfigError, Problem
 from .poolers import detect as detect_pooler
 from .poolers import driver_settings
 from .pools import pool_class_for
 from .schema import ENGINE_OPTIONS, DatabaseConfig
 from .sources import Origin
-from .urls import DriverError, adapt_query, driver_of, install_hint, is_sqlite_memory, resolve_driver
+from .urls import DriverError, driver_of, install_hint, is_sqlite_memory, resolve_driver
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -79,11 +80,9 @@ def engine_spec(db: DatabaseConfig, *, is_async: bool, url: URL | None = None) -
 
 
 @quirk
-def libpq_query_for_the_driver(spec: EngineSpec, db: DatabaseConfig, is_async: bool) -> None:
-    """Provider URLs carry libpq parameters; drivers that are not libpq need them translated."""
-    spec.url, moved = adapt_query(spec.url)
-    for key, value in moved.items():
-        spec.connect_args.setdefault(key, value)
+def connection_settings_for_the_driver(spec: EngineSpec, db: DatabaseConfig, is_async: bool) -> None:
+    """The URL query and ``connect_args`` in this driver's words, plus its ``driver_args``."""
+    spec.url, spec.kwargs["connect_args"] = driver_connect_args(db, spec.url, is_async=is_async)
 
 
 @quirk

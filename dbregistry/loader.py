@@ -50,7 +50,7 @@ _NAME = re.compile(NAME_PATTERN)
 _BOOL = TypeAdapter(bool)
 _PROFILE_KEYS = ("databases", "default")
 # Values never echoed in a message: they are, or may hold, credentials.
-_SECRET_FIELDS = frozenset({"url", "direct_url", "password_file", "connect_args"})
+_SECRET_FIELDS = frozenset({"url", "direct_url", "password_file", "connect_args", "driver_args"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +295,7 @@ def _validate_other_profiles(
         trial = replace(document, data={**document.data, "profiles": {**_profiles(document), name: resolved}})
         merged = merge([base_layer(document), profile_layer(trial, name, Precedence.PROFILE)])
         local = _Collector()
-        _validate(merged, local, True)
+        _validate(merged, local, True, local=False)  # this machine's files are not another environment's
         for problem in local.problems:
             path = tuple(problem.path.split("."))
             if merged.origin(path).precedence != Precedence.PROFILE or path in unresolved:
@@ -375,7 +375,12 @@ def _at(data: Any, path: PathKey) -> Any:
 
 
 def _validate(
-    merged: Merged, found: _Collector, from_file: bool, fell_back: Callable[[PathKey], list[str]] | None = None
+    merged: Merged,
+    found: _Collector,
+    from_file: bool,
+    fell_back: Callable[[PathKey], list[str]] | None = None,
+    *,
+    local: bool = True,
 ) -> RegistryConfig | None:
     data = merged.data
     origin = merged.origin
@@ -427,7 +432,7 @@ def _validate(
             for loc, message in _describe_errors(entry, e.errors()).items():
                 where = (*path, *loc)
                 found.add(where, message, origin(where))
-    _check_across_fields(databases, list(raw), Where(origin, fell_back or (lambda _path: [])), found)
+    _check_across_fields(databases, list(raw), Where(origin, fell_back or (lambda _path: [])), found, local=local)
     default = data.get("default")
     if default is not None and not isinstance(default, str):
         found.add(("default",), f"must be a database name, got {type(default).__name__}", origin(("default",)))
@@ -462,15 +467,20 @@ def _validate_session(value: Any, origin: Any, found: _Collector) -> SessionConf
 
 
 def _check_across_fields(
-    databases: dict[str, DatabaseConfig], names: list[str], where: Where, found: _Collector
+    databases: dict[str, DatabaseConfig], names: list[str], where: Where, found: _Collector, *, local: bool = True
 ) -> None:
-    """The `rules` of each database, then the `_pairs` checks of those whose replica_of holds."""
+    """The `rules` of each database, then the `_pairs` checks of those whose replica_of holds.
+
+    ``local=False`` skips the rules that read this machine's files (a profile not selected here).
+    """
     declared = {name: databases.get(name) for name in names}
     broken_links: set[str] = set()
     for name, db in databases.items():
-        for field_name, message in check(name, db, declared):
-            path: PathKey = ("databases", name, field_name)
-            found.add(path, message, where.origin(path if field_name in db.model_fields_set else path[:2]))
+        for field_name, message in check(name, db, declared, local=local):
+            # A rule may name a setting inside a field: connect_args.sslmode.
+            path: PathKey = ("databases", name, *field_name.split("."))
+            set_here = field_name.partition(".")[0] in db.model_fields_set
+            found.add(path, message, where.origin(path if set_here else path[:2]))
             if field_name == "replica_of":
                 broken_links.add(name)
     paired = {name: db for name, db in databases.items() if name not in broken_links}

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
+from ._connect import missing_files, refusals
 from .errors import unknown_name_message
 from .poolers import detect as detect_pooler
 from .poolers import forbidden_settings
 from .pools import QUEUE_OPTIONS, accepted_options, why_not
 from .schema import DatabaseConfig
-from .urls import dialect_of, is_sqlite, is_sqlite_memory
+from .urls import DriverError, dialect_of, is_sqlite, is_sqlite_memory, resolve_driver
 
-__all__ = ["RULES", "Finding", "check", "effective_pool_class"]
+__all__ = ["LOCAL_RULES", "RULES", "Finding", "check", "effective_pool_class"]
 
 Finding = tuple[str, str]
 # The mapping holds every declared name; a database that failed validation maps to None.
 Declared = Mapping[str, DatabaseConfig | None]
 Rule = Callable[[str, DatabaseConfig, Declared], Iterator[Finding]]
 RULES: list[Rule] = []
+# Rules whose answer depends on this machine (files): not run for another environment's profile.
+LOCAL_RULES: list[Rule] = []
 
 
 def rule(func: Rule) -> Rule:
@@ -31,9 +34,15 @@ def rule(func: Rule) -> Rule:
     return func
 
 
-def check(name: str, db: DatabaseConfig, databases: Declared) -> list[Finding]:
-    """Every finding of every rule for one database."""
-    return [finding for r in RULES for finding in r(name, db, databases)]
+def local_rule(func: Rule) -> Rule:
+    LOCAL_RULES.append(func)
+    return func
+
+
+def check(name: str, db: DatabaseConfig, databases: Declared, *, local: bool = True) -> list[Finding]:
+    """Every finding of every rule for one database (``local``: the machine-dependent ones too)."""
+    rules = [*RULES, *LOCAL_RULES] if local else RULES
+    return [finding for r in rules for finding in r(name, db, databases)]
 
 
 def effective_pool_class(db: DatabaseConfig) -> tuple[str, bool]:
@@ -121,5 +130,33 @@ def settings_that_work_behind_a_transaction_pooler(name: str, db: DatabaseConfig
         return
     if dialect_of(db.url) != "postgresql":
         yield "pooler", f"{pooler.mode} is a PostgreSQL pooler; this URL is {dialect_of(db.url)}"
-    for key, reason in forbidden_settings(db.connect_args or {}):
-        yield "connect_args", f"{key}: {reason} (the registry sets what {pooler.mode} needs)"
+    sections = [("connect_args", db.connect_args or {})]
+    sections += [(f"driver_args.{driver}", words) for driver, words in (db.driver_args or {}).items()]
+    for field, words in sections:
+        for key, reason in forbidden_settings(words):
+            yield field, f"{key}: {reason} (the registry sets what {pooler.mode} needs)"
+
+
+@rule
+def connection_settings_reach_every_driver(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
+    """What each mode's driver would refuse at its first connection, found now (see `dbregistry._connect`)."""
+    seen: set[Finding] = set()
+    for field, url in (("url", db.url), ("direct_url", db.direct_url)):
+        if url is None or not (url.query or db.connect_args or db.driver_args):
+            continue
+        urls = {}
+        for is_async in (False, True):
+            try:
+                urls[is_async] = resolve_driver(url, is_async=is_async)
+            except DriverError:
+                continue  # no driver for that mode: said when its engine is asked for
+        for refusal in refusals(db, urls, url_field=field):
+            if (refusal.field, refusal.message) not in seen:
+                seen.add((refusal.field, refusal.message))
+                yield refusal.field, refusal.message
+
+
+@local_rule
+def certificate_files_exist(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
+    for refusal in missing_files(db):
+        yield refusal.field, refusal.message

@@ -123,7 +123,14 @@ class DatabaseConfig(BaseModel):
     echo: EchoFlag | None = None
     echo_pool: EchoFlag | None = None
     isolation_level: str | None = None
-    connect_args: dict[str, Any] | None = None
+    connect_args: dict[str, Any] | None = Field(
+        default=None,
+        description="connection settings in the user's words (libpq's for PostgreSQL), translated for each driver",
+    )
+    driver_args: dict[str, dict[str, Any]] | None = Field(
+        default=None,
+        description="connect() keywords for one driver alone, unchanged: {asyncpg: {command_timeout: 5}}",
+    )
     execution_options: dict[str, Any] | None = None
     replica_of: str | None = Field(default=None, description="the database this one is a read replica of")
     password_file: Path | None = Field(
@@ -166,7 +173,7 @@ class DatabaseConfig(BaseModel):
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            if name == "connect_args" and isinstance(value, dict):
+            if name in ("connect_args", "driver_args") and isinstance(value, dict):
                 yield name, mask_mapping(value)
             elif isinstance(value, URL):
                 yield name, _Shown(mask(value))

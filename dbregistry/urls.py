@@ -1,19 +1,17 @@
-"""Database URLs: parsing, masking, the sync/async driver pairs, and per-driver query fixes.
+"""Database URLs: parsing, masking, and the sync/async driver pairs.
 
 A URL is kept as SQLAlchemy's immutable `URL`, whose ``repr`` already masks the
 password (a ``?password=`` is moved into the password slot at parse time, so it
 does too); `mask` (from `dbregistry._secrets`) is the one way a URL is turned
-into text for people.
-Each driver quirk is a small named function registered for its driver.
+into text for people. How the URL query and ``connect_args`` reach each driver
+is `dbregistry._connect`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -23,7 +21,6 @@ from ._secrets import mask_url as mask
 
 __all__ = [
     "DriverError",
-    "adapt_query",
     "dialect_of",
     "driver_of",
     "install_hint",
@@ -177,118 +174,3 @@ def install_hint(module: str) -> str:
     """How to install the package that provides ``module``."""
     top = module.partition(".")[0]
     return _EXTRAS.get(top, f"pip install {top}")
-
-
-# -- per-driver query fixes --------------------------------------------------------
-#
-# Provider URLs (Neon, Heroku, RDS, Supabase) carry libpq query parameters.
-# psycopg is libpq and takes them all; asyncpg takes a few under other names and
-# fails on the rest, so each driver that needs it gets a function here.
-
-QueryAdapter = Callable[[URL], tuple[URL, dict[str, Any]]]
-_ADAPTERS: dict[str, QueryAdapter] = {}
-
-
-def _adapter_for(*drivers: str) -> Callable[[QueryAdapter], QueryAdapter]:
-    def register(func: QueryAdapter) -> QueryAdapter:
-        for driver in drivers:
-            _ADAPTERS[driver] = func
-        return func
-
-    return register
-
-
-def adapt_query(url: URL) -> tuple[URL, dict[str, Any]]:
-    """The URL with the query its driver accepts, and the ``connect_args`` moved out of it."""
-    adapter = _ADAPTERS.get(url.drivername)
-    return adapter(url) if adapter is not None else (url, {})
-
-
-_SSLMODES: Final = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
-# libpq parameters asyncpg has no use for; dropping them changes nothing it would do.
-_LIBPQ_IGNORED: Final = frozenset(
-    {
-        "channel_binding",
-        "gssencmode",
-        "keepalives",
-        "keepalives_idle",
-        "keepalives_interval",
-        "keepalives_count",
-        "tcp_user_timeout",
-        "sslcompression",
-        "sslsni",
-        "requiressl",
-        "krbsrvname",
-        "fallback_application_name",
-        "client_encoding",
-    }
-)
-
-
-@_adapter_for("postgresql+asyncpg")
-def libpq_query_to_asyncpg(url: URL) -> tuple[URL, dict[str, Any]]:
-    """libpq parameters to asyncpg's ``connect()`` keywords.
-
-    ``sslmode`` becomes ``ssl`` (with an SSL context when a root certificate or
-    client certificate is given), ``connect_timeout`` becomes ``timeout``,
-    ``application_name`` and ``options=-c k=v`` become ``server_settings``; the
-    libpq-only parameters asyncpg would reject are dropped with a debug log.
-    """
-    query = dict(url.query)
-    if not query:
-        return url, {}
-    args: dict[str, Any] = {}
-    server_settings: dict[str, str] = {}
-    sslmode = _one(query.pop("sslmode", None))
-    rootcert = _one(query.pop("sslrootcert", None))
-    cert, key = _one(query.pop("sslcert", None)), _one(query.pop("sslkey", None))
-    if sslmode is not None:
-        if sslmode not in _SSLMODES:
-            raise ValueError(f"sslmode {sslmode!r} is not one of {', '.join(sorted(_SSLMODES))}")
-        args["ssl"] = sslmode
-    if rootcert or cert:
-        args["ssl"] = _ssl_context(sslmode or "verify-full", rootcert, cert, key)
-    timeout = _one(query.pop("connect_timeout", None))
-    if timeout is not None:
-        try:
-            args["timeout"] = float(timeout)
-        except ValueError:
-            raise ValueError(f"connect_timeout must be a number of seconds, got {timeout!r}") from None
-    name = _one(query.pop("application_name", None))
-    if name:
-        server_settings["application_name"] = name
-    options = _one(query.pop("options", None))
-    if options:
-        server_settings.update(_parse_options(options))
-    for param in sorted(_LIBPQ_IGNORED & query.keys()):
-        query.pop(param)
-        logger.debug("dropped libpq parameter %r from an asyncpg URL (asyncpg has no such setting)", param)
-    if server_settings:
-        args["server_settings"] = server_settings
-    return url.set(query=query), args
-
-
-def _one(value: str | tuple[str, ...] | None) -> str | None:
-    return value[-1] if isinstance(value, tuple) else value
-
-
-def _parse_options(options: str) -> dict[str, str]:
-    settings: dict[str, str] = {}
-    words = options.replace("-c ", "-c").split()
-    for word in words:
-        if not word.startswith("-c") or "=" not in word:
-            raise ValueError(f"options {options!r}: only '-c name=value' settings can be passed to asyncpg")
-        name, _, value = word[2:].partition("=")
-        settings[name] = value
-    return settings
-
-
-def _ssl_context(mode: str, rootcert: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=rootcert)
-    if mode != "verify-full":
-        context.check_hostname = False
-    if mode in ("require", "prefer", "allow") and rootcert is None:
-        context.verify_mode = ssl.CERT_NONE
-    if cert:
-        context.load_cert_chain(cert, key)
-    return context

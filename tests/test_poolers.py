@@ -93,10 +93,11 @@ class TestSettings:
     def test_settings_that_cannot_work_are_refused(self) -> None:
         with pytest.raises(ConfigError) as info:
             Registry.from_dict(
-                {"databases": {"neon": {"url": NEON, "connect_args": {"statement_cache_size": 100}}}}, environ={}
+                {"databases": {"neon": {"url": NEON, "driver_args": {"asyncpg": {"statement_cache_size": 100}}}}},
+                environ={},
             )
         (problem,) = info.value.problems
-        assert problem.path == "databases.neon.connect_args"
+        assert problem.path == "databases.neon.driver_args.asyncpg"
         assert problem.message == (
             "statement_cache_size: asyncpg's statement cache breaks behind a transaction-mode pooler; remove it "
             "(the registry sets what pgbouncer-transaction needs)"

@@ -77,7 +77,8 @@ class TestDeclaration:
         with pytest.raises(UnknownDatabaseError) as info:
             registry.get("replcia")
         assert (
-            str(info.value) == "'replcia' is not a declared database; did you mean 'replica'? declared: primary, replica, memory"
+            str(info.value)
+            == "'replcia' is not a declared database; did you mean 'replica'? declared: primary, replica, memory"
         )
         assert isinstance(info.value, KeyError)
 

@@ -133,7 +133,9 @@ class TestRoutes:
     def test_unknown_names(self, tmp_path: Path) -> None:
         registry = pair(tmp_path)
         for method in (registry.reader, registry.writer, registry.async_reader, registry.async_writer):
-            with pytest.raises(UnknownDatabaseError, match="'replcia' is not a declared database; did you mean 'replica'"):
+            with pytest.raises(
+                UnknownDatabaseError, match="'replcia' is not a declared database; did you mean 'replica'"
+            ):
                 method("replcia")
         no_default = make(tmp_path, {"a": {"url": "sqlite://"}, "b": {"url": "sqlite://"}})
         with pytest.raises(UnknownDatabaseError, match="no default database is declared"):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import ssl
 
 import pytest
 from servers import PostgresServer
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from dbregistry import ConfigError, Registry
-from dbregistry.urls import DriverError, is_sqlite_memory, libpq_query_to_asyncpg, mask, parse_url, resolve_driver
+from dbregistry import Registry
+from dbregistry.urls import DriverError, is_sqlite_memory, mask, parse_url, resolve_driver
 
 
 class TestParse:
@@ -55,37 +54,6 @@ class TestResolveDriver:
     )
     def test_memory_detection(self, url: str, memory: bool) -> None:
         assert is_sqlite_memory(make_url(url)) is memory
-
-
-class TestLibpqToAsyncpg:
-    def test_translation(self) -> None:
-        url, args = libpq_query_to_asyncpg(
-            make_url(
-                "postgresql+asyncpg://u@h/d?sslmode=require&connect_timeout=5&channel_binding=require"
-                "&application_name=api&options=-c%20statement_timeout%3D5000&target_session_attrs=read-write"
-            )
-        )
-        assert dict(url.query) == {"target_session_attrs": "read-write"}
-        assert args == {
-            "ssl": "require",
-            "timeout": 5.0,
-            "server_settings": {"application_name": "api", "statement_timeout": "5000"},
-        }
-
-    def test_sslmode_and_root_certificate(self) -> None:
-        _, args = libpq_query_to_asyncpg(make_url("postgresql+asyncpg://u@h/d?sslmode=verify-ca"))
-        assert args == {"ssl": "verify-ca"}
-        with pytest.raises((FileNotFoundError, ssl.SSLError)):
-            libpq_query_to_asyncpg(make_url("postgresql+asyncpg://u@h/d?sslmode=verify-full&sslrootcert=/nope.pem"))
-
-    def test_bad_sslmode(self) -> None:
-        with pytest.raises(ValueError, match="sslmode 'sometimes' is not one of"):
-            libpq_query_to_asyncpg(make_url("postgresql+asyncpg://u@h/d?sslmode=sometimes"))
-
-    def test_bad_sslmode_is_a_config_error_at_build(self) -> None:
-        registry = Registry.from_dict({"databases": {"a": {"url": "postgresql://u@h/d?sslmode=sometimes"}}}, environ={})
-        with pytest.raises(ConfigError, match=re.escape("databases.a.url: sslmode 'sometimes' is not one of")):
-            registry.get_async("a")
 
 
 @pytest.mark.postgres

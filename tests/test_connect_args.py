@@ -25,7 +25,7 @@ from dbregistry import ConfigError, Registry
 from dbregistry._connect import accepted, asyncpg_keywords, libpq_keywords, parse_options
 from dbregistry.cli import EXIT_OK, main
 from dbregistry.engines import engine_spec
-from dbregistry.health import secrets_of
+from dbregistry._secrets import secrets_of
 from dbregistry.schema import DatabaseConfig
 
 PG = "postgresql://app:pw@db.example/app"
@@ -532,7 +532,7 @@ def test_a_password_in_a_driver_section_is_never_shown() -> None:
     secret = "Driver-Args-Pw-5521"
     registry = registry_of(PG, driver_args={"asyncpg": {"password": secret}})
     assert secret not in repr(registry["primary"])
-    assert secrets_of(registry["primary"]) == ["pw", secret]
+    assert list(secrets_of(registry["primary"])) == ["pw", secret]
     registry.close()
 
 

@@ -226,8 +226,8 @@ def figure_2(ctx: Context) -> FigureResult:
 
 def figure_3(ctx: Context) -> FigureResult:
     """Load + validate a YAML file of 1,000 databases vs parsing it with libyaml alone."""
-    from dbregistry.loader import load_config  # noqa: PLC0415 - internal, for the breakdown only
-    from dbregistry.yamlfile import load_yaml_file  # noqa: PLC0415
+    from dbregistry._loader import load_config  # noqa: PLC0415 - internal, for the breakdown only
+    from dbregistry._yamlfile import load_yaml_file  # noqa: PLC0415
 
     result = FigureResult()
     path = ctx.workdir / "fig3-1000.yaml"

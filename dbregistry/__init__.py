@@ -5,7 +5,7 @@
 >>> engine = registry.get("replica")                          # doctest: +SKIP
 """
 
-from .errors import (
+from ._errors import (
     CloseError,
     ConfigError,
     DBRegistryError,
@@ -14,12 +14,12 @@ from .errors import (
     RegistryClosedError,
     UnknownDatabaseError,
 )
-from .health import HealthReport, PoolStats
-from .lifecycle import ShutdownHook
-from .registry import Registry
-from .schema import DatabaseConfig, RegistryConfig, SessionConfig
-from .sources import Origin
-from .yamlfile import Limits
+from ._health import HealthReport, PoolStats
+from ._lifecycle import ShutdownHook
+from ._registry import Registry
+from ._schema import DatabaseConfig, RegistryConfig, SessionConfig
+from ._sources import Origin
+from ._yamlfile import Limits
 
 __all__ = [
     "CloseError",

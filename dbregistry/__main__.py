@@ -1,5 +1,5 @@
 """``python -m dbregistry``: the same as the ``dbregistry`` command; see `dbregistry.cli`."""
 
-from .cli import main
+from ._cli import main
 
 raise SystemExit(main())

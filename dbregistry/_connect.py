@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from sqlalchemy.engine import URL
 
-from .urls import DriverError, resolve_driver
+from ._urls import DriverError, resolve_driver
 
 __all__ = ["Refusal", "describe_tls", "driver_connect_args", "driver_name", "missing_files", "refusals"]
 

@@ -37,14 +37,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import QueuePool
 
-from .health import observe_health
+from ._health import observe_health
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import Pool
 
-    from .health import HealthReport
-    from .registry import Registry
+    from ._health import HealthReport
+    from ._registry import Registry
 
 __all__ = [
     "BUCKETS",

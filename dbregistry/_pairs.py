@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import URL
 
-from .poolers import detect as detect_pooler
-from .schema import DatabaseConfig
-from .sources import Origin, url_variable
-from .urls import dialect_of, is_sqlite, is_sqlite_memory
-from .yamlfile import PathKey
+from ._poolers import detect as detect_pooler
+from ._schema import DatabaseConfig
+from ._sources import Origin, url_variable
+from ._urls import dialect_of, is_sqlite, is_sqlite_memory
+from ._yamlfile import PathKey
 
 __all__ = ["Where", "check_pairs"]
 

@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-    from .schema import DatabaseConfig
+    from ._schema import DatabaseConfig
 
 __all__ = [
     "MASK",

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
-from .errors import EventLoopError
+from ._errors import EventLoopError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
     from sqlalchemy.orm import Session
 
-    from .registry import Registry
-    from .schema import RegistryConfig
+    from ._registry import Registry
+    from ._schema import RegistryConfig
 
 __all__ = ["async_dependency", "check_loop", "session_options", "sync_dependency"]
 

@@ -29,7 +29,7 @@ except ImportError as e:  # pragma: no cover - the extra is installed in the tes
     raise ImportError("opentelemetry-api is not installed, run `pip install 'dbregistry[opentelemetry]'`") from e
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from ._registry import Registry
 
 __all__ = ["instrument"]
 

@@ -34,8 +34,8 @@ except ImportError as e:  # pragma: no cover - the extra is installed in the tes
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from .registry import Registry
-    from .routing import ReplicaStatus
+    from ._registry import Registry
+    from ._routing import ReplicaStatus
 
 __all__ = ["RegistryCollector"]
 

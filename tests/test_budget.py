@@ -8,8 +8,8 @@ import pytest
 from servers import PostgresServer
 
 from dbregistry import Registry
-from dbregistry.budget import ServerLimit, plan, read_limits, server_of
-from dbregistry.schema import RegistryConfig
+from dbregistry._budget import ServerLimit, plan, read_limits, server_of
+from dbregistry._schema import RegistryConfig
 
 
 def config(**databases: dict[str, Any]) -> RegistryConfig:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from servers import PASSWORD, PostgresServer, ReplicaServer
 
-from dbregistry.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, config_schema, main
-from dbregistry.schema import DatabaseConfig
+from dbregistry._cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, config_schema, main
+from dbregistry._schema import DatabaseConfig
 
 pytestmark = pytest.mark.postgres
 

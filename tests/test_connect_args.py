@@ -22,11 +22,11 @@ from servers import PostgresServer, silent_server
 from sqlalchemy import text
 
 from dbregistry import ConfigError, Registry
+from dbregistry._cli import EXIT_OK, main
 from dbregistry._connect import accepted, asyncpg_keywords, libpq_keywords, parse_options
-from dbregistry.cli import EXIT_OK, main
-from dbregistry.engines import engine_spec
+from dbregistry._engines import engine_spec
+from dbregistry._schema import DatabaseConfig
 from dbregistry._secrets import secrets_of
-from dbregistry.schema import DatabaseConfig
 
 PG = "postgresql://app:pw@db.example/app"
 

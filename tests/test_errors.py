@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbregistry.errors import redact
+from dbregistry._errors import redact
 
 
 @pytest.mark.parametrize(

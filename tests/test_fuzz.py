@@ -28,7 +28,7 @@ with warnings.catch_warnings():
         import hypothesis.extra._patching  # noqa: F401
 
 from dbregistry import ConfigError, Registry
-from dbregistry.schema import field_names
+from dbregistry._schema import field_names
 
 PASSWORD = "Fuzz-Pw-4471"
 EXAMPLE = (Path(__file__).resolve().parent.parent / "config" / "databases.yaml").read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ from servers import PASSWORD, PostgresServer, ReplicaServer, silent_server
 from sqlalchemy import text
 
 from dbregistry import HealthReport, PoolStats, Registry, RegistryClosedError
-from dbregistry.health import describe_error
+from dbregistry._health import describe_error
 
 WRONG_PASSWORD = "Wr0ng-Pw-health-93"
 

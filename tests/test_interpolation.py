@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dbregistry.interpolation import InterpolationError, interpolate
+from dbregistry._interpolation import InterpolationError, interpolate
 
 ENV = {"HOST": "db", "EMPTY": "", "NESTED": "${HOST}"}
 

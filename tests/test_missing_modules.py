@@ -123,7 +123,7 @@ def test_health_reports_the_same_error_for_that_database(module: str, health: st
 def test_the_cli_check_names_what_to_install(tmp_path: Path) -> None:
     config = tmp_path / "databases.yaml"
     config.write_text(f"databases:\n  primary: {{url: '{PG_URL}'}}\n")
-    script = "import sys; sys.modules['psycopg'] = None; from dbregistry.cli import main; sys.exit(main(sys.argv[1:]))"
+    script = "import sys; sys.modules['psycopg'] = None; from dbregistry._cli import main; sys.exit(main(sys.argv[1:]))"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DBREGISTRY_") and not k.endswith("DATABASE_URL")}
     proc = subprocess.run(
         [sys.executable, "-c", script, "check", "--config", str(config), "--timeout", "5"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dbregistry import ConfigError, Registry, __version__
-from dbregistry.cli import EXIT_OK, main
+from dbregistry._cli import EXIT_OK, main
 
 
 def write(tmp_path: Path, body: str) -> Path:

@@ -22,9 +22,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dbregistry import ConfigError, Registry
-from dbregistry.engines import engine_spec
-from dbregistry.poolers import derived_direct_url, detect
-from dbregistry.schema import DatabaseConfig
+from dbregistry._engines import engine_spec
+from dbregistry._poolers import derived_direct_url, detect
+from dbregistry._schema import DatabaseConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NEON = "postgresql://app:pw@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require"

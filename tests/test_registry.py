@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-import dbregistry.registry as module
+import dbregistry._registry as module
 from dbregistry import (
     CloseError,
     ConfigError,

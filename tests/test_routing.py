@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dbregistry import Registry, RegistryClosedError, UnknownDatabaseError
-from dbregistry.routing import weighted_order
+from dbregistry._routing import weighted_order
 
 SECRET = "Rout3-pw-Qz7"
 

@@ -29,6 +29,8 @@ from sqlalchemy import make_url, text
 from test_corpus import CASES, CORPUS, load, parse_case
 
 from dbregistry import ConfigError, Problem, Registry, RegistryClosedError, UnknownDatabaseError
+from dbregistry._cli import main
+from dbregistry._errors import unknown_name_message
 from dbregistry._secrets import (
     NotUtf8Error,
     Secrets,
@@ -42,8 +44,6 @@ from dbregistry._secrets import (
     shown_name,
     utf8_text,
 )
-from dbregistry.cli import main
-from dbregistry.errors import unknown_name_message
 
 # A password made to be found: awkward characters, and pieces that no message holds by chance
 # (the server's own test password has "cret", which every path under /work/wt/secrets holds).

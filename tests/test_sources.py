@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from dbregistry import ConfigError, Registry
-from dbregistry.sources import Layer, Origin, Origins, Precedence, base_layer, merge, overrides_layer, profile_layer
-from dbregistry.yamlfile import PathKey, load_yaml_text
+from dbregistry._sources import Layer, Origin, Origins, Precedence, base_layer, merge, overrides_layer, profile_layer
+from dbregistry._yamlfile import PathKey, load_yaml_text
 
 BASE = """\
 default: primary

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from dbregistry import Registry
-from dbregistry.urls import DriverError, is_sqlite_memory, mask, parse_url, resolve_driver
+from dbregistry._urls import DriverError, is_sqlite_memory, mask, parse_url, resolve_driver
 
 
 class TestParse:

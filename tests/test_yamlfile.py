@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from dbregistry import ConfigError, yamlfile
-from dbregistry.errors import Problem
-from dbregistry.yamlfile import (
+from dbregistry._errors import Problem
+from dbregistry._yamlfile import (
     DEFAULT_LIMITS,
     Limits,
     Lines,

@@ -34,11 +34,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .errors import CloseError
-from .health import describe_error
+from ._errors import CloseError
+from ._health import describe_error
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from ._registry import Registry
 
 __all__ = ["DEFAULT_SIGNALS", "ShutdownHook", "install_shutdown_hook", "lifespan"]
 

@@ -21,13 +21,13 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
+from ._errors import ConfigError, Problem, closest, redact, unknown_name_message
+from ._interpolation import interpolate_tree, referenced_variables, substitutions
 from ._pairs import Where, check_pairs
+from ._rules import check
+from ._schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, SessionConfig, field_names
 from ._secrets import NotUtf8Error, looks_like_credentials, shown_name, utf8_text
-from .errors import ConfigError, Problem, closest, redact, unknown_name_message
-from .interpolation import interpolate_tree, referenced_variables, substitutions
-from .rules import check
-from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, SessionConfig, field_names
-from .sources import (
+from ._sources import (
     ENV_PREFIX,
     NESTING,
     Merged,
@@ -41,8 +41,8 @@ from .sources import (
     merge,
     profile_layer,
 )
-from .urls import parse_url
-from .yamlfile import PathKey, YamlDocument
+from ._urls import parse_url
+from ._yamlfile import PathKey, YamlDocument
 
 __all__ = ["LoadedConfig", "load_config", "select_profile"]
 
@@ -108,7 +108,7 @@ def load_config(
     if env_file is not None:
         dotenv_label = f" (from {os.fspath(env_file)})"
         if Path(env_file).is_file():
-            from .envsettings import read_env_file  # noqa: PLC0415  (pydantic-settings: only when there is a file)
+            from ._envsettings import read_env_file  # noqa: PLC0415  (pydantic-settings: only when there is a file)
 
             try:
                 dotenv = read_env_file(env_file)

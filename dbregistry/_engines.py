@@ -22,13 +22,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 
 from ._connect import driver_connect_args
-from .errors import ConfigError, Problem
-from .poolers import detect as detect_pooler
-from .poolers import driver_settings
-from .pools import pool_class_for
-from .schema import ENGINE_OPTIONS, DatabaseConfig
-from .sources import Origin
-from .urls import DriverError, driver_of, install_hint, is_sqlite_memory, resolve_driver
+from ._errors import ConfigError, Problem
+from ._poolers import detect as detect_pooler
+from ._poolers import driver_settings
+from ._pools import pool_class_for
+from ._schema import ENGINE_OPTIONS, DatabaseConfig
+from ._sources import Origin
+from ._urls import DriverError, driver_of, install_hint, is_sqlite_memory, resolve_driver
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

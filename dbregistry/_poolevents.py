@@ -47,12 +47,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from .health import describe_error, pool_stats, secrets_of
+from ._health import describe_error, pool_stats, secrets_of
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from .schema import DatabaseConfig, RegistryConfig
+    from ._schema import DatabaseConfig, RegistryConfig
 
 __all__ = ["attach_pool_logging", "logger", "pool_events_enabled"]
 

@@ -39,19 +39,19 @@ from typing import Any, Final, TextIO
 from sqlalchemy.engine import URL
 
 from . import __version__
+from ._budget import Budget, plan, read_limits
 from ._connect import describe_tls, driver_name
+from ._engines import engine_spec
+from ._errors import CloseError, ConfigError, unknown_name_message
+from ._health import HealthReport
+from ._poolers import detect as detect_pooler
+from ._pools import POOL_NAMES, accepted_options
+from ._registry import Registry
+from ._rules import effective_pool_class
+from ._schema import NAME_PATTERN, DatabaseConfig, RegistryConfig
 from ._secrets import mask_mapping
-from .budget import Budget, plan, read_limits
-from .engines import engine_spec
-from .errors import CloseError, ConfigError, unknown_name_message
-from .health import HealthReport
-from .poolers import detect as detect_pooler
-from .pools import POOL_NAMES, accepted_options
-from .registry import Registry
-from .rules import effective_pool_class
-from .schema import NAME_PATTERN, DatabaseConfig, RegistryConfig
-from .sources import Origin, Precedence
-from .urls import is_sqlite, is_sqlite_memory, mask
+from ._sources import Origin, Precedence
+from ._urls import is_sqlite, is_sqlite_memory, mask
 
 __all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "build_parser", "config_schema", "main"]
 

@@ -38,8 +38,8 @@ from yaml.events import (
 )
 from yaml.nodes import ScalarNode
 
+from ._errors import ConfigError, Problem
 from ._secrets import NotUtf8Error, utf8_text
-from .errors import ConfigError, Problem
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "YamlDocument", "line_of", "load_yaml_file", "load_yaml_text"]
 

@@ -19,7 +19,7 @@ PostgreSQL 16, ``reserved_connections``). The limit is declared on a database
 (``max_connections:``, with 3 reserved for PostgreSQL, PostgreSQL's default) or
 read from the server (`read_limits`).
 
->>> from dbregistry.schema import RegistryConfig
+>>> from dbregistry._schema import RegistryConfig
 >>> config = RegistryConfig.model_validate(
 ...     {"databases": {"primary": {"url": "postgresql://app@db/app", "max_connections": 100}}})
 >>> budget = plan(config, processes=8)
@@ -33,16 +33,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from .health import bounded_connect, describe_error, secrets_of
-from .poolers import detect as detect_pooler
-from .rules import effective_pool_class
-from .urls import dialect_of, is_sqlite, mask
+from ._health import bounded_connect, describe_error, secrets_of
+from ._poolers import detect as detect_pooler
+from ._rules import effective_pool_class
+from ._urls import dialect_of, is_sqlite, mask
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-    from .registry import Registry
-    from .schema import DatabaseConfig, RegistryConfig
+    from ._registry import Registry
+    from ._schema import DatabaseConfig, RegistryConfig
 
 __all__ = [
     "DEFAULT_MAX_OVERFLOW",

@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SettingsConfigDict
 
+from ._schema import DatabaseConfig, SessionConfig
 from ._secrets import utf8_text
-from .schema import DatabaseConfig, SessionConfig
-from .sources import ENV_PREFIX, NESTING
+from ._sources import ENV_PREFIX, NESTING
 
 __all__ = ["read_env_file", "read_prefixed"]
 

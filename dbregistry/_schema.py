@@ -22,9 +22,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlalchemy.engine import URL
 
+from ._pools import PoolName, normalize_pool_name
 from ._secrets import mask_mapping, normalize_url
-from .pools import PoolName, normalize_pool_name
-from .urls import mask, parse_url
+from ._urls import mask, parse_url
 
 __all__ = [
     "ENGINE_OPTIONS",

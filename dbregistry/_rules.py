@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from ._connect import missing_files, refusals
-from .errors import unknown_name_message
-from .poolers import detect as detect_pooler
-from .poolers import forbidden_settings
-from .pools import QUEUE_OPTIONS, accepted_options, why_not
-from .schema import DatabaseConfig
-from .urls import DriverError, dialect_of, is_sqlite, is_sqlite_memory, resolve_driver
+from ._errors import unknown_name_message
+from ._poolers import detect as detect_pooler
+from ._poolers import forbidden_settings
+from ._pools import QUEUE_OPTIONS, accepted_options, why_not
+from ._schema import DatabaseConfig
+from ._urls import DriverError, dialect_of, is_sqlite, is_sqlite_memory, resolve_driver
 
 __all__ = ["LOCAL_RULES", "RULES", "Finding", "check", "effective_pool_class"]
 

@@ -11,20 +11,17 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from . import _sessions
-from . import health as _health
-from . import lifecycle as _lifecycle
-from . import routing as _routing
+from . import _health, _lifecycle, _routing, _sessions
+from ._engines import build_async_engine, build_sync_engine, loop_of
+from ._errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
+from ._loader import LoadedConfig, load_config
+from ._poolers import derived_direct_url
+from ._poolers import detect as detect_pooler
+from ._poolevents import attach_pool_logging
+from ._schema import DatabaseConfig, RegistryConfig
 from ._secrets import shown_name
-from .engines import build_async_engine, build_sync_engine, loop_of
-from .errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
-from .loader import LoadedConfig, load_config
-from .poolers import derived_direct_url
-from .poolers import detect as detect_pooler
-from .poolevents import attach_pool_logging
-from .schema import DatabaseConfig, RegistryConfig
-from .sources import Origin, Origins
-from .yamlfile import DEFAULT_LIMITS, Limits, YamlDocument, load_yaml_file
+from ._sources import Origin, Origins
+from ._yamlfile import DEFAULT_LIMITS, Limits, YamlDocument, load_yaml_file
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable

@@ -33,16 +33,16 @@ from sqlalchemy import event, literal_column, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from ._errors import RegistryClosedError
 from ._secrets import describe_error, secrets_of
-from .errors import RegistryClosedError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import Pool
 
-    from .registry import Registry
-    from .schema import DatabaseConfig
+    from ._registry import Registry
+    from ._schema import DatabaseConfig
 
 __all__ = [
     "HealthReport",

@@ -6,8 +6,8 @@ from typing import Final, Literal
 
 from sqlalchemy import pool
 
+from ._errors import closest
 from ._secrets import shown_name
-from .errors import closest
 
 __all__ = [
     "POOL_CLASSES",

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from .schema import NAME_PATTERN
-from .yamlfile import PathKey, YamlDocument, line_of
+from ._schema import NAME_PATTERN
+from ._yamlfile import PathKey, YamlDocument, line_of
 
 __all__ = [
     "ENV_PREFIX",
@@ -251,7 +251,7 @@ def prefixed_env_layer(environ: Mapping[str, str], precedence: Precedence, label
     if names:
         # pydantic-settings is imported only now: ~20 ms that a cold start without
         # DBREGISTRY_* variables does not pay.
-        from .envsettings import read_prefixed  # noqa: PLC0415
+        from ._envsettings import read_prefixed  # noqa: PLC0415
 
         data = read_prefixed(environ)
     databases = data.get("databases")

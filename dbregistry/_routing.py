@@ -49,16 +49,16 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 from sqlalchemy import event
 
+from ._errors import RegistryClosedError, UnknownDatabaseError
 from ._secrets import describe_error, secrets_of
-from .errors import RegistryClosedError, UnknownDatabaseError
-from .urls import dialect_of, mask
+from ._urls import dialect_of, mask
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-    from .registry import Registry
-    from .schema import DatabaseConfig
+    from ._registry import Registry
+    from ._schema import DatabaseConfig
 
 __all__ = [
     "DEFAULT_BACKOFF",

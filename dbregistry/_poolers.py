@@ -22,7 +22,7 @@ from typing import Any, Final, Literal
 
 from sqlalchemy.engine import URL
 
-from .schema import DatabaseConfig
+from ._schema import DatabaseConfig
 
 __all__ = ["TRANSACTION", "Pooler", "derived_direct_url", "detect", "driver_settings", "forbidden_settings"]
 

@@ -194,9 +194,10 @@ class TestTheShippedFile:
     def test_a_forgotten_replica_url_is_refused(self) -> None:
         shipped = ROOT / "config" / "databases.yaml"
         (problem,) = problems(shipped, {"DATABASE_URL": PG})
+        line = next(n for n, text in enumerate(shipped.read_text().splitlines(), 1) if "REPLICA_DATABASE_URL" in text)
         assert problem == (
-            f"{shipped}:19  databases.replica.url: a sqlite replica of a postgresql primary (this url "
-            f"from {shipped}:19, primary's from DATABASE_URL); REPLICA_DATABASE_URL is not set, so "
+            f"{shipped}:{line}  databases.replica.url: a sqlite replica of a postgresql primary (this url "
+            f"from {shipped}:{line}, primary's from DATABASE_URL); REPLICA_DATABASE_URL is not set, so "
             "replica's url is the default of its ${REPLICA_DATABASE_URL:-...}; set REPLICA_DATABASE_URL to the replica's "
             "postgresql URL"
         )

@@ -104,10 +104,9 @@ def test_the_fastapi_example_serves_metrics_of_its_own(pg: PostgresServer, pg_re
         },
         environ={},
     )
-    example.create_tables(registry)
-    pg_replica.wait_for_replay()
     example.create_app(registry)  # a first app: the second must not collide with it
     with TestClient(example.create_app(registry)) as client:
+        pg_replica.wait_for_replay()  # the app's startup created its table on the primary
         assert client.get("/visits/count").status_code == 200
         assert client.get("/health/db").status_code == 200
         response = client.get("/metrics")

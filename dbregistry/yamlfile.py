@@ -53,6 +53,12 @@ Links = dict[PathKey, PathKey]
 Event = Any
 
 _LOADER: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The libyaml in PyYAML 6.0.4's wheels refuses flow nesting past 1,000 levels while its scanner
+# looks ahead, before the first event of the deep node reaches the builder (6.0.1 to 6.0.3 do not).
+# The same text is then read again by the pure-Python parser, which has no limit of its own, so
+# the builder's limit gives the same problem at the same path and line on every PyYAML.
+_PURE_LOADER: type[Any] = yaml.SafeLoader
+_LIBYAML_NESTING = "exceeded maximum nesting depth"
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {f"{_TAG}{t}" for t in ("str", "int", "float", "bool", "null", "timestamp")}
 _STR_TAG = f"{_TAG}str"
@@ -150,7 +156,20 @@ def load_yaml_text(text: str, file: str = "<string>", limits: Limits = DEFAULT_L
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise _error(file, "contains a NUL character; is it a binary file?", line)
-    loader = _LOADER(text)
+    try:
+        return _read(text, file, limits, _LOADER)
+    except _ParserNestingLimitError:
+        pass
+    # Outside the except block: whatever this raises carries no __context__.
+    return _read(text, file, limits, _PURE_LOADER)
+
+
+class _ParserNestingLimitError(Exception):
+    """libyaml stopped at its own nesting limit, before the builder's."""
+
+
+def _read(text: str, file: str, limits: Limits, loader_class: type[Any]) -> YamlDocument:
+    loader = loader_class(text)
     builder = _Builder(loader, file, limits)
     syntax_error: ConfigError | None = None
     collecting = gc.isenabled()
@@ -161,6 +180,8 @@ def load_yaml_text(text: str, file: str = "<string>", limits: Limits = DEFAULT_L
     try:
         data = builder.document()
     except yaml.MarkedYAMLError as e:
+        if e.problem == _LIBYAML_NESTING and loader_class is not _PURE_LOADER:
+            raise _ParserNestingLimitError from None
         # e.problem/e.context only: str(e) quotes the offending line, which may hold a password.
         mark = e.problem_mark or e.context_mark
         what = "; ".join(str(part) for part in (e.context, e.problem) if part)

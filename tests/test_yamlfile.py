@@ -80,16 +80,23 @@ def laughs(levels: int) -> str:
 
 
 def count_parser_events(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
-    """Count the events the loader takes from libyaml's parser."""
+    """Count the events the loader takes from the parsers (libyaml's, and the pure-Python one it falls back on)."""
     taken = 0
 
-    class Counting(yamlfile._LOADER):  # type: ignore[misc]
-        def get_event(self) -> Any:
-            nonlocal taken
-            taken += 1
-            return super().get_event()
+    def counting(loader: type[Any]) -> type[Any]:
+        class Counting(loader):  # type: ignore[misc]
+            def get_event(self) -> Any:
+                nonlocal taken
+                taken += 1
+                return super().get_event()
 
-    monkeypatch.setattr(yamlfile, "_LOADER", Counting)
+        return Counting
+
+    pure = counting(yamlfile._PURE_LOADER)
+    monkeypatch.setattr(
+        yamlfile, "_LOADER", pure if yamlfile._LOADER is yamlfile._PURE_LOADER else counting(yamlfile._LOADER)
+    )
+    monkeypatch.setattr(yamlfile, "_PURE_LOADER", pure)
     return lambda: taken
 
 
@@ -774,6 +781,38 @@ class TestLimits:
         text = "a: " + "[" * 5000 + "]" * 5000 + "\n"
         assert problems(text) == [problem("a" + ".0" * 32, "nesting is deeper than 32 levels", 1)]
         assert read() < 100  # of 10,007
+
+    @pytest.mark.parametrize("levels", [33, 999, 1000, 5000])
+    @pytest.mark.parametrize("parser", ["libyaml", "pure-python"])
+    def test_flow_nesting_reads_the_same_with_either_parser(
+        self, monkeypatch: pytest.MonkeyPatch, parser: str, levels: int
+    ) -> None:
+        # The libyaml in PyYAML 6.0.4's wheels refuses 1,000 flow levels itself, before the
+        # builder sees the deep node; 6.0.1 to 6.0.3 do not. Users see the same problem on both.
+        if parser == "libyaml" and not yaml.__with_libyaml__:
+            pytest.skip("this PyYAML was built without libyaml")
+        loader = yaml.CSafeLoader if parser == "libyaml" else yaml.SafeLoader
+        monkeypatch.setattr(yamlfile, "_LOADER", loader)
+        lists = "a: " + "[" * levels + "]" * levels
+        mappings = "a: " + "{b: " * levels + "1" + "}" * levels
+        for text, path in ((lists, "a" + ".0" * 32), (mappings, "a" + ".b" * 32)):
+            assert problems(f"x: 1\n{text}\n") == [problem(path, "nesting is deeper than 32 levels", 2)]
+
+    def test_a_parser_that_stops_at_its_own_nesting_limit_is_not_what_users_see(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Whatever the installed libyaml does: its own limit is never the message.
+        class Refusing(yamlfile._PURE_LOADER):  # type: ignore[misc]
+            def get_event(self) -> Any:
+                raise yaml.MarkedYAMLError("while increasing flow level", None, "exceeded maximum nesting depth")
+
+        monkeypatch.setattr(yamlfile, "_LOADER", Refusing)
+        text = "a: " + "[" * 2000 + "]" * 2000 + "\n"
+        error = refused(text)
+        assert error.problems == [problem("a" + ".0" * 32, "nesting is deeper than 32 levels", 1)]
+        assert error.__cause__ is None
+        assert error.__context__ is None
+        assert load("a: [[1]]\n").data == {"a": [[1]]}
 
     def test_too_deep_nesting_in_a_duplicate_stops_the_reading(self, monkeypatch: pytest.MonkeyPatch) -> None:
         read = count_parser_events(monkeypatch)

@@ -67,7 +67,6 @@ def test_example_runs_from_a_fresh_clone_as_documented(script: Path, tmp_path: P
             command, cwd=clone, env=clean_environment(), capture_output=True, text=True, timeout=120, check=False
         )
         assert result.returncode == 0, f"{attempt} of {shlex.join(command)}:\n{result.stdout}\n{result.stderr}"
-        assert "closed every pool" in result.stdout
         assert PLACEHOLDER_PASSWORD not in result.stdout + result.stderr
 
 

@@ -4,7 +4,8 @@ The conventions (also in CONTRIBUTING.md):
 
 * ```` ```python ```` blocks of one file run in order in one namespace, in a temporary working
   directory holding a copy of the repository's ``config/`` and ``examples/``; top-level ``await``
-  works (each block runs like ``python -m asyncio``). A block in ``>>>`` form runs as a doctest.
+  works: a block that uses it runs as a coroutine in the file's one event loop (as in
+  ``python -m asyncio``), other blocks as plain code. A block in ``>>>`` form runs as a doctest.
 * ```` ```sh ```` / ```` ```bash ```` blocks run in the same directory with ``bash -euo pipefail``,
   ``python`` and ``dbregistry`` resolving to the interpreter running the tests; they must exit 0.
 * A ```` ```text ```` block right after a python or shell block is its expected standard output.
@@ -68,7 +69,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.doc.relative_to(ROOT)}:{self.line}"
+        shown = self.doc.relative_to(ROOT) if self.doc.is_relative_to(ROOT) else self.doc.name
+        return f"{shown}:{self.line}"
 
     @property
     def requires(self) -> list[str]:
@@ -246,9 +248,16 @@ def runnable(doc: Path) -> list[Block]:
 def test_every_snippet_runs(
     doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    run_document(doc, workdir, monkeypatch, request)
+
+
+def run_document(doc: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Run the snippets of ``doc`` by the conventions above, in ``workdir``."""
     blocks = runnable(doc)
-    copy_workdir(tmp_path)
-    monkeypatch.chdir(tmp_path)
+    copy_workdir(workdir)
+    monkeypatch.chdir(workdir)
     clean_environment(monkeypatch)
     namespace: dict[str, object] = {"__name__": "__main__"}
     created = track_registries(monkeypatch)
@@ -256,7 +265,7 @@ def test_every_snippet_runs(
     # keeps its connections in that loop, and is closed in it at the end.
     loop = asyncio.new_event_loop()
     try:
-        run_blocks(blocks, namespace, loop, tmp_path, monkeypatch, request)
+        run_blocks(blocks, namespace, loop, workdir, monkeypatch, request)
     finally:
         # What a snippet left open is closed, as the end of its process would.
         for registry in created:
@@ -333,3 +342,101 @@ class TestTheRunner:
     def test_console_commands(self) -> None:
         text = "$ A=1 \\\n  echo $A\n1\n$ false\n"
         assert console_commands(text) == [("A=1 \\\n  echo $A", "1"), ("false", "")]
+
+
+class TestRunningADocument:
+    """A small document through the whole runner: what passes, and that a wrong snippet fails."""
+
+    def run(self, text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+        doc = tmp_path / "doc.md"
+        doc.write_text(text)
+        workdir = tmp_path / "work"
+        workdir.mkdir()
+        run_document(doc, workdir, monkeypatch, request)
+
+    def test_blocks_share_a_namespace_an_event_loop_and_a_directory(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", "sqlite:///./elsewhere.db")
+        doc = """\
+```python
+import asyncio, os
+await asyncio.sleep(0)
+loop = asyncio.get_running_loop()
+print(os.environ.get("DATABASE_URL"), sorted(os.listdir()))
+```
+
+```text
+None ['config', 'examples']
+```
+
+```python
+await asyncio.sleep(0)
+assert asyncio.get_running_loop() is loop
+from dbregistry import Registry
+registry = Registry.from_yaml("config/databases.yaml")
+print(registry.get_async("primary").url)
+```
+
+```text
+sqlite+aiosqlite:///./dev.db
+```
+
+```pycon
+>>> registry.names[:2]
+['primary', 'replica']
+>>> answer = 42
+```
+
+```sh
+echo "$(python -c 'print(6 * 7)') in $(basename "$PWD")" > out.txt
+cat out.txt
+```
+
+```text
+42 in work
+```
+
+```console
+$ dbregistry validate --config config/bad.yaml
+invalid: 3 problems in config/bad.yaml
+...
+$ echo done
+done
+```
+
+<!-- fragment -->
+```python
+async with registry.async_session() as session:
+    ...
+```
+
+<!-- skip: not a real command -->
+```sh
+no-such-command
+```
+"""
+        self.run(doc, tmp_path, monkeypatch, request)
+
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ("```python\nprint(1)\n```\n\n```text\n2\n```\n", "doc.md:1 printed"),
+            ("```sh\nfalse\necho not reached\n```\n", "doc.md:1: exit status 1"),
+            ("```console\n$ echo 1\n2\n```\n", "doc.md:1: `echo 1` printed"),
+            ("```python\n>>> 1 + 1\n3\n```\n", "doc.md:1: doctest failed"),
+            ("<!-- skip -->\n```sh\nx\n```\n", "doc.md:2: say why a block is skipped"),
+            ("<!-- requires: mysql -->\n```sh\nx\n```\n", "doc.md:2: unknown requirement 'mysql'"),
+            ("<!-- fragment -->\n```python\nif x\n```\n", "expected ':'"),
+        ],
+    )
+    def test_a_wrong_snippet_fails(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest,
+        text: str,
+        message: str,
+    ) -> None:
+        with pytest.raises((AssertionError, SyntaxError), match=re.escape(message)):
+            self.run(text, tmp_path, monkeypatch, request)

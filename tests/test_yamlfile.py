@@ -798,21 +798,46 @@ class TestLimits:
         for text, path in ((lists, "a" + ".0" * 32), (mappings, "a" + ".b" * 32)):
             assert problems(f"x: 1\n{text}\n") == [problem(path, "nesting is deeper than 32 levels", 2)]
 
+    class LimitedLoader(yaml.SafeLoader):
+        """The pure-Python parser with a flow nesting limit of 100, refused as libyaml refuses its 1,000."""
+
+        def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803  # PyYAML's name
+            if self.flow_level >= 99:
+                raise yaml.scanner.ScannerError(
+                    "while increasing flow level", None, "exceeded maximum nesting depth", self.get_mark()
+                )
+            super().fetch_flow_collection_start(TokenClass)
+
     def test_a_parser_that_stops_at_its_own_nesting_limit_is_not_what_users_see(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        # Whatever the installed libyaml does: its own limit is never the message.
-        class Refusing(yamlfile._PURE_LOADER):  # type: ignore[misc]
-            def get_event(self) -> Any:
-                raise yaml.MarkedYAMLError("while increasing flow level", None, "exceeded maximum nesting depth")
+        # The text before the parser's stop is read again: the builder's limit speaks, and the
+        # slow pure-Python parser is not needed.
+        class Unused(yaml.SafeLoader):
+            def __init__(self, stream: str) -> None:
+                raise AssertionError("the pure-Python parser read the text")
 
-        monkeypatch.setattr(yamlfile, "_LOADER", Refusing)
-        text = "a: " + "[" * 2000 + "]" * 2000 + "\n"
+        monkeypatch.setattr(yamlfile, "_LOADER", self.LimitedLoader)
+        monkeypatch.setattr(yamlfile, "_PURE_LOADER", Unused)
+        text = "x: 1\na: " + "[" * 2000 + "]" * 2000 + "\n"
         error = refused(text)
-        assert error.problems == [problem("a" + ".0" * 32, "nesting is deeper than 32 levels", 1)]
+        assert error.problems == [problem("a" + ".0" * 32, "nesting is deeper than 32 levels", 2)]
         assert error.__cause__ is None
         assert error.__context__ is None
         assert load("a: [[1]]\n").data == {"a": [[1]]}
+
+    def test_a_depth_limit_beyond_the_parser_s_own_is_read_by_the_pure_python_parser(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(yamlfile, "_LOADER", self.LimitedLoader)
+        text = "a: " + "[" * 120 + "1" + "]" * 120 + "\n"
+        nested: Any = load(text, Limits(max_depth=150)).data["a"]
+        for _ in range(119):
+            (nested,) = nested
+        assert nested == [1]
+        assert problems(text, Limits(max_depth=110)) == [
+            problem("a" + ".0" * 110, "nesting is deeper than 110 levels", 1)
+        ]
 
     def test_too_deep_nesting_in_a_duplicate_stops_the_reading(self, monkeypatch: pytest.MonkeyPatch) -> None:
         read = count_parser_events(monkeypatch)

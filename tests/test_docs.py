@@ -17,7 +17,8 @@ The conventions (also in CONTRIBUTING.md):
   to its streaming replica); ``<!-- fragment -->`` only checks its syntax; ``<!-- skip: why -->``
   leaves it alone (installs, containers: things a test cannot do).
 * Variables that would select another configuration (``DATABASE_URL``, ``*_DATABASE_URL``,
-  ``DBREGISTRY_*``, ``APP_ENV``) are removed from the environment first.
+  ``*_POOLER_URL``, ``DBREGISTRY_*``, ``APP_ENV``) are removed from the environment first.
+* Every fenced block says its language, so that no snippet goes unrun by having none.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ PYTHON = {"python", "py", "pycon"}
 SHELL = {"sh", "bash", "shell"}
 CONSOLE = {"console"}
 OUTPUT = {"text", "output"}
-FENCE = re.compile(r"^(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)")
+FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)")
 DIRECTIVE = re.compile(r"^<!--\s*(?P<name>requires|fragment|skip)\s*(?::\s*(?P<value>.*?))?\s*-->$")
 # What each `<!-- requires: ... -->` needs: the fixture, and the variable its URL goes into.
 SERVERS = {"postgres": ("pg", "DATABASE_URL"), "replica": ("pg_replica", "REPLICA_DATABASE_URL")}
@@ -88,11 +89,13 @@ def parse(doc: Path) -> list[Block]:
         if match is None:
             i += 1
             continue
-        fence, lang = match["fence"], match["lang"].lower()
+        indent, fence, lang = len(match["indent"]), match["fence"], match["lang"].lower()
+        closing = re.compile(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$")
         end = i + 1
-        while end < len(lines) and not lines[end].startswith(fence):
+        while end < len(lines) and not closing.match(lines[end]):
             end += 1
-        text = "\n".join(lines[i + 1 : end]) + "\n"
+        # A block inside a list item is indented with it.
+        text = "".join(line[indent:] + "\n" if line[:indent].isspace() else line + "\n" for line in lines[i + 1 : end])
         before = next((line.strip() for line in reversed(lines[:i]) if line.strip()), "")
         directive = DIRECTIVE.match(before)
         adjacent = all(not line.strip() for line in lines[previous_end + 1 : i])
@@ -122,7 +125,7 @@ def same_output(expected: str, actual: str) -> bool:
 
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.endswith("DATABASE_URL") or name.startswith("DBREGISTRY_") or name in {"APP_ENV", "NO_COLOR"}:
+        if name.endswith(("DATABASE_URL", "_POOLER_URL")) or name.startswith("DBREGISTRY_") or name == "APP_ENV":
             monkeypatch.delenv(name)
     venv_bin = str(Path(sys.executable).parent)
     monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -305,6 +308,11 @@ def test_docs_have_snippets() -> None:
     assert all(runnable(doc) for doc in DOCS)
 
 
+def test_every_block_says_its_language() -> None:
+    unnamed = [block.where for doc in DOCS for block in parse(doc) if not block.lang]
+    assert not unnamed, f"say what these blocks are (```python, ```sh, ```console, ```text, ```yaml ...): {unnamed}"
+
+
 class TestTheRunner:
     """The conventions above, on small documents."""
 
@@ -324,6 +332,12 @@ class TestTheRunner:
         doc = tmp_path / "a.md"
         doc.write_text("<!-- requires: postgres, replica -->\n```python\npass\n```\n")
         assert parse(doc)[0].requires == ["postgres", "replica"]
+
+    def test_a_block_in_a_list_item(self, tmp_path: Path) -> None:
+        doc = tmp_path / "a.md"
+        doc.write_text("- item:\n\n  ```python\n  if True:\n      pass\n  ```text\n  ```\n")
+        (block,) = parse(doc)
+        assert (block.lang, block.text) == ("python", "if True:\n    pass\n```text\n")
 
     @pytest.mark.parametrize(
         ("expected", "actual", "same"),

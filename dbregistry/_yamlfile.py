@@ -55,6 +55,11 @@ Links = dict[PathKey, PathKey]
 Event = Any
 
 _LOADER: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The libyaml in PyYAML 6.0.4's wheels refuses 1,000 levels of flow nesting while its scanner
+# looks ahead, before the first event of the deep node reaches the builder (6.0.1 to 6.0.3 do not).
+# See load_yaml_text for how the builder's own limit still gives the same problem on every PyYAML.
+_PURE_LOADER: type[Any] = yaml.SafeLoader
+_LIBYAML_NESTING = "exceeded maximum nesting depth"
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {f"{_TAG}{t}" for t in ("str", "int", "float", "bool", "null", "timestamp")}
 _STR_TAG = f"{_TAG}str"
@@ -151,7 +156,38 @@ def load_yaml_text(text: str, file: str = "<string>", limits: Limits = DEFAULT_L
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise _error(file, "contains a NUL character; is it a binary file?", line)
-    loader = _LOADER(text)
+    try:
+        return _read(text, file, limits, _LOADER)
+    except _ParserNestingLimitError as stop:
+        cut = stop.index
+    # libyaml stopped at the bracket that opens its 1,000th flow level. The text before that bracket
+    # holds the same deep node, with every level up to there, under libyaml's limit: read again, the
+    # builder's own limit stops it at the same path and line as a full read would. Only when it does
+    # not (a max_depth beyond libyaml's limit) is the whole text read by the pure-Python parser,
+    # which has no limit of its own but is ~10x slower. Outside the except blocks: no __context__.
+    too_deep: ConfigError | None = None
+    try:
+        _read(text[:cut], file, limits, _LOADER)
+    except ConfigError as error:
+        if error.problems and error.problems[-1].message == _too_deep_message(limits):
+            too_deep = error
+    except _ParserNestingLimitError:
+        pass
+    if too_deep is not None:
+        raise too_deep
+    return _read(text, file, limits, _PURE_LOADER)
+
+
+class _ParserNestingLimitError(Exception):
+    """libyaml stopped at its own nesting limit, at ``index`` in the text, before the builder's limit."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+def _read(text: str, file: str, limits: Limits, loader_class: type[Any]) -> YamlDocument:
+    loader = loader_class(text)
     builder = _Builder(loader, file, limits)
     syntax_error: ConfigError | None = None
     collecting = gc.isenabled()
@@ -162,6 +198,8 @@ def load_yaml_text(text: str, file: str = "<string>", limits: Limits = DEFAULT_L
     try:
         data = builder.document()
     except yaml.MarkedYAMLError as e:
+        if e.problem == _LIBYAML_NESTING and loader_class is not _PURE_LOADER and e.problem_mark is not None:
+            raise _ParserNestingLimitError(e.problem_mark.index) from None
         # e.problem/e.context only: str(e) quotes the offending line, which may hold a password.
         mark = e.problem_mark or e.context_mark
         what = "; ".join(str(part) for part in (e.context, e.problem) if part)
@@ -530,7 +568,7 @@ class _Builder:
         return size
 
     def too_deep(self, path: PathKey, event: Event) -> ConfigError:
-        self.problem(path, f"nesting is deeper than {self.limits.max_depth} levels", event)
+        self.problem(path, _too_deep_message(self.limits), event)
         return ConfigError(self.problems, origin=self.file)
 
     def bomb(self, event: Event) -> ConfigError:
@@ -539,6 +577,10 @@ class _Builder:
             f"expands to more than {self.limits.max_nodes:,} values (an alias or merge-key bomb?)",
             _line(event),
         )
+
+
+def _too_deep_message(limits: Limits) -> str:
+    return f"nesting is deeper than {limits.max_depth} levels"
 
 
 def _tag_message(tag: str) -> str:

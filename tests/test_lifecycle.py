@@ -217,8 +217,9 @@ def test_sigint_still_raises_keyboard_interrupt(tmp_path: Path) -> None:
         registry = Registry.from_dict({"databases": {"dev": {"url": "sqlite://"}}}, environ={})
         registry.get("dev").connect().close()
         registry.install_shutdown_hook()
-        print("ready", flush=True)
         try:
+            # Inside the try: the parent sends SIGINT as soon as it reads this line.
+            print("ready", flush=True)
             time.sleep(30)
         except KeyboardInterrupt:
             print("KeyboardInterrupt, closed:", registry.closed, flush=True)

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from dbregistry import ConfigError, yamlfile
+from dbregistry import ConfigError
+from dbregistry import _yamlfile as yamlfile
 from dbregistry._errors import Problem
 from dbregistry._yamlfile import (
     DEFAULT_LIMITS,
@@ -80,16 +81,23 @@ def laughs(levels: int) -> str:
 
 
 def count_parser_events(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
-    """Count the events the loader takes from libyaml's parser."""
+    """Count the events the loader takes from the parsers (libyaml's, and the pure-Python one it falls back on)."""
     taken = 0
 
-    class Counting(yamlfile._LOADER):  # type: ignore[misc]
-        def get_event(self) -> Any:
-            nonlocal taken
-            taken += 1
-            return super().get_event()
+    def counting(loader: type[Any]) -> type[Any]:
+        class Counting(loader):  # type: ignore[misc]
+            def get_event(self) -> Any:
+                nonlocal taken
+                taken += 1
+                return super().get_event()
 
-    monkeypatch.setattr(yamlfile, "_LOADER", Counting)
+        return Counting
+
+    pure = counting(yamlfile._PURE_LOADER)
+    monkeypatch.setattr(
+        yamlfile, "_LOADER", pure if yamlfile._LOADER is yamlfile._PURE_LOADER else counting(yamlfile._LOADER)
+    )
+    monkeypatch.setattr(yamlfile, "_PURE_LOADER", pure)
     return lambda: taken
 
 
@@ -776,6 +784,63 @@ class TestLimits:
         text = "a: " + "[" * 5000 + "]" * 5000 + "\n"
         assert problems(text) == [problem("a" + ".0" * 32, "nesting is deeper than 32 levels", 1)]
         assert read() < 100  # of 10,007
+
+    @pytest.mark.parametrize("levels", [33, 999, 1000, 5000])
+    @pytest.mark.parametrize("parser", ["libyaml", "pure-python"])
+    def test_flow_nesting_reads_the_same_with_either_parser(
+        self, monkeypatch: pytest.MonkeyPatch, parser: str, levels: int
+    ) -> None:
+        # The libyaml in PyYAML 6.0.4's wheels refuses 1,000 flow levels itself, before the
+        # builder sees the deep node; 6.0.1 to 6.0.3 do not. Users see the same problem on both.
+        if parser == "libyaml" and not yaml.__with_libyaml__:
+            pytest.skip("this PyYAML was built without libyaml")
+        loader = yaml.CSafeLoader if parser == "libyaml" else yaml.SafeLoader
+        monkeypatch.setattr(yamlfile, "_LOADER", loader)
+        lists = "a: " + "[" * levels + "]" * levels
+        mappings = "a: " + "{b: " * levels + "1" + "}" * levels
+        for text, path in ((lists, "a" + ".0" * 32), (mappings, "a" + ".b" * 32)):
+            assert problems(f"x: 1\n{text}\n") == [problem(path, "nesting is deeper than 32 levels", 2)]
+
+    class LimitedLoader(yaml.SafeLoader):
+        """The pure-Python parser with a flow nesting limit of 100, refused as libyaml refuses its 1,000."""
+
+        def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803  # PyYAML's name
+            if self.flow_level >= 99:
+                raise yaml.scanner.ScannerError(
+                    "while increasing flow level", None, "exceeded maximum nesting depth", self.get_mark()
+                )
+            super().fetch_flow_collection_start(TokenClass)
+
+    def test_a_parser_that_stops_at_its_own_nesting_limit_is_not_what_users_see(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The text before the parser's stop is read again: the builder's limit speaks, and the
+        # slow pure-Python parser is not needed.
+        class Unused(yaml.SafeLoader):
+            def __init__(self, stream: str) -> None:
+                raise AssertionError("the pure-Python parser read the text")
+
+        monkeypatch.setattr(yamlfile, "_LOADER", self.LimitedLoader)
+        monkeypatch.setattr(yamlfile, "_PURE_LOADER", Unused)
+        text = "x: 1\na: " + "[" * 2000 + "]" * 2000 + "\n"
+        error = refused(text)
+        assert error.problems == [problem("a" + ".0" * 32, "nesting is deeper than 32 levels", 2)]
+        assert error.__cause__ is None
+        assert error.__context__ is None
+        assert load("a: [[1]]\n").data == {"a": [[1]]}
+
+    def test_a_depth_limit_beyond_the_parser_s_own_is_read_by_the_pure_python_parser(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(yamlfile, "_LOADER", self.LimitedLoader)
+        text = "a: " + "[" * 120 + "1" + "]" * 120 + "\n"
+        nested: Any = load(text, Limits(max_depth=150)).data["a"]
+        for _ in range(119):
+            (nested,) = nested
+        assert nested == [1]
+        assert problems(text, Limits(max_depth=110)) == [
+            problem("a" + ".0" * 110, "nesting is deeper than 110 levels", 1)
+        ]
 
     def test_too_deep_nesting_in_a_duplicate_stops_the_reading(self, monkeypatch: pytest.MonkeyPatch) -> None:
         read = count_parser_events(monkeypatch)

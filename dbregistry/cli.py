@@ -36,6 +36,7 @@ from typing import Any, Final, TextIO
 
 from sqlalchemy.engine import URL
 
+from ._migrate import migration_url, write_alembic_project
 from .budget import Budget, plan, read_limits
 from .errors import CloseError, ConfigError
 from .health import HealthReport
@@ -317,6 +318,7 @@ def cmd_show(args: argparse.Namespace, style: Style) -> int:
                         name: {f["field"]: {k: v for k, v in f.items() if k != "field"} for f in fields}
                         for name, fields in everything.items()
                     },
+                    "migrations": {name: _migrations_json(registry[name]) for name in registry.names},
                 }
             )
             return EXIT_OK
@@ -331,9 +333,32 @@ def cmd_show(args: argparse.Namespace, style: Style) -> int:
                 for f in fields
             ]
             print(render_table(["field", "value", "from"], rows, style, indent="  "))
+            print(f"  migrations use {_migrations_text(registry[name])}")
         return EXIT_OK
     finally:
         _close(registry)
+
+
+def _migrations_json(db: DatabaseConfig) -> dict[str, str | None]:
+    found = migration_url(db)
+    return {"url": mask(found.url) if found.url is not None else None, "from": found.reason}
+
+
+def _migrations_text(db: DatabaseConfig) -> str:
+    found = migration_url(db)
+    return f"{mask(found.url)}  ({found.reason})" if found.url is not None else found.reason
+
+
+def cmd_alembic(args: argparse.Namespace, style: Style) -> int:
+    try:
+        written = write_alembic_project(Path(args.directory), Path(args.ini))
+    except FileExistsError as e:
+        print(f"dbregistry alembic init: {e}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: alembic -c {args.ini} revision -m 'first'  (databases from $DBREGISTRY_CONFIG and the environment)")
+    return EXIT_OK
 
 
 _STATUS_COLOURS: Final = {"up": "green", "down": "red", "timeout": "yellow"}
@@ -639,6 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--live", action="store_true", help="read max_connections from each PostgreSQL server")
     budget.add_argument("--timeout", type=_seconds, default=5.0, metavar="S", help="connect timeout for --live")
     command("schema", cmd_schema, "print the JSON Schema of the configuration file")
+    alembic = command("alembic", cmd_alembic, "Alembic for the declared databases: `alembic init DIR` writes env.py")
+    alembic.add_argument("action", choices=["init"], help="init: write env.py, script.py.mako and alembic.ini")
+    alembic.add_argument("directory", metavar="DIR", help="the migration directory to create (missing or empty)")
+    alembic.add_argument("--ini", default="alembic.ini", metavar="FILE", help="the alembic.ini to write when missing")
     return parser
 
 

@@ -196,11 +196,12 @@ def _target(registry: Registry, name: str, metadata: MetaData | None) -> _Target
     db = registry[name]
     found = migration_url(db)
     if found.url is None:
-        origin = registry.origin(name)
+        pooler, origin = detect_pooler(db), registry.origin(name)
+        why = f"pooler: {pooler.mode}" if db.pooler is not None else pooler.reason
         problem = Problem(
             f"databases.{name}.direct_url",
-            f"not declared, and migrations never run through a transaction-mode pooler ({detect_pooler(db).reason}): "
-            "set direct_url to this database's URL without the pooler",
+            f"not declared, and migrations never run through a transaction-mode pooler "
+            f"({why}); set direct_url to this database's URL without the pooler",
             source=origin.source,
             file=origin.file,
             line=origin.line,

@@ -36,7 +36,7 @@ class MigrationURL:
 def migration_url(db: DatabaseConfig) -> MigrationURL:
     """``direct_url``, else the derived Neon direct host, else ``url`` unless a transaction-mode pooler is in front."""
     if db.replica_of is not None:
-        return MigrationURL(None, f"never: a replica of {db.replica_of}")
+        return MigrationURL(None, f"never, a replica of {db.replica_of}")
     if db.direct_url is not None:
         return MigrationURL(db.direct_url, "direct_url")
     derived = derived_direct_url(db)
@@ -45,9 +45,9 @@ def migration_url(db: DatabaseConfig) -> MigrationURL:
     pooler = detect_pooler(db)
     if pooler.transaction_mode:
         return MigrationURL(
-            None, f"none: url goes through a transaction-mode pooler ({pooler.reason}) and no direct_url is declared"
+            None, f"refused, url goes through a transaction-mode pooler ({pooler.reason}) and no direct_url is declared"
         )
-    return MigrationURL(db.url, "url (no transaction-mode pooler)")
+    return MigrationURL(db.url, "url: no transaction-mode pooler in front")
 
 
 def lock_key(name: str) -> int:

@@ -333,7 +333,7 @@ def cmd_show(args: argparse.Namespace, style: Style) -> int:
                 for f in fields
             ]
             print(render_table(["field", "value", "from"], rows, style, indent="  "))
-            print(f"  migrations use {_migrations_text(registry[name])}")
+            print(f"\n  migrations{_migrations_text(registry[name])}")
         return EXIT_OK
     finally:
         _close(registry)
@@ -341,12 +341,12 @@ def cmd_show(args: argparse.Namespace, style: Style) -> int:
 
 def _migrations_json(db: DatabaseConfig) -> dict[str, str | None]:
     found = migration_url(db)
-    return {"url": mask(found.url) if found.url is not None else None, "from": found.reason}
+    return {"url": mask(found.url) if found.url is not None else None, "why": found.reason}
 
 
 def _migrations_text(db: DatabaseConfig) -> str:
     found = migration_url(db)
-    return f"{mask(found.url)}  ({found.reason})" if found.url is not None else found.reason
+    return f" run on {mask(found.url)}  ({found.reason})" if found.url is not None else f": {found.reason}"
 
 
 def cmd_alembic(args: argparse.Namespace, style: Style) -> int:

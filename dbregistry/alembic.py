@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,7 +41,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the installati
     raise ModuleNotFoundError(
         "Alembic is not installed, run `pip install 'dbregistry[alembic]'`", name=e.name
     ) from None
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
@@ -64,6 +65,7 @@ __all__ = [
 
 DEFAULT_LOCK_TIMEOUT: Final = 300.0
 POLL_INTERVAL: Final = 0.2
+CONNECT_TIMEOUT: Final = 30
 
 logger = logging.getLogger("dbregistry.alembic")
 
@@ -119,7 +121,10 @@ def run_migrations(
     else:
         chosen, where = databases, "run_migrations(databases=...)"
     targets = _select(registry, metadata, chosen, where)
-    timeout = _seconds(x["lock_timeout"]) if "lock_timeout" in x else lock_timeout
+    if "lock_timeout" in x:
+        timeout = _seconds(x["lock_timeout"], "alembic -x lock_timeout")
+    else:
+        timeout = _seconds(str(lock_timeout), "run_migrations(lock_timeout=...)")
     names = [t.name for t in targets]
     configure.setdefault("template_args", {})["databases"] = names
     if context.is_offline_mode():
@@ -243,13 +248,13 @@ def _error(path: str, message: str, where: str) -> MigrationConfigError:
     return MigrationConfigError([Problem(path, message)], origin=where)
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, where: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise _error("lock_timeout", f"expected a number of seconds above 0, got {text!r}", "alembic -x")
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise _error("lock_timeout", f"expected a number of seconds above 0, got {text!r}", where)
     return value
 
 
@@ -326,6 +331,13 @@ def _migration_engine(registry: Registry, target: _Target) -> Engine:
     field = "direct_url" if target.url is not db.url else "url"
     engine = build_sync_engine(target.name, for_migrations, registry.origin(target.name, field), url=target.url)
     assert isinstance(engine.pool, NullPool)
+    if engine.dialect.driver in ("psycopg", "psycopg2"):
+
+        def bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+            # libpq waits for the operating system's TCP timeout (minutes) unless told otherwise.
+            cparams.setdefault("connect_timeout", CONNECT_TIMEOUT)
+
+        event.listen(engine, "do_connect", bounded)
     return engine
 
 

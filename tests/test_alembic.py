@@ -536,3 +536,58 @@ def _assert_never_connected(listener: socket.socket) -> None:
     listener.setblocking(False)
     with pytest.raises(BlockingIOError):
         listener.accept()
+
+
+# -- the arguments --------------------------------------------------------------------------
+
+
+def test_a_lock_timeout_that_is_not_seconds_is_refused(tmp_path: Path) -> None:
+    project = _project(tmp_path, {"local": {"url": f"sqlite:///{tmp_path / 'local.db'}"}}, {"r1": REVISION_1})
+
+    result = _run(project, "-x", "lock_timeout=soon", "upgrade", "head")
+
+    assert result.returncode != 0
+    assert (
+        "FAILED: 1 problem in alembic -x lock_timeout\n  lock_timeout: expected a number of seconds above 0, got 'soon'\n"
+    ) in result.stdout
+    assert not (tmp_path / "local.db").exists()
+
+
+SINGLE_METADATA_ENV = """
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import MetaData
+
+from dbregistry import Registry
+from dbregistry.alembic import run_migrations
+
+fileConfig(context.config.config_file_name, disable_existing_loggers=False)
+with Registry.load() as registry:
+    run_migrations(registry, MetaData())
+"""
+
+
+def test_a_single_metadata_belongs_to_the_default_database(tmp_path: Path) -> None:
+    databases = {
+        "local": {"url": f"sqlite:///{tmp_path / 'local.db'}"},
+        "other": {"url": f"sqlite:///{tmp_path / 'other.db'}"},
+    }
+    project = _project(tmp_path, databases, {"r1": REVISION_1})
+    (project / "migrations" / "env.py").write_text(SINGLE_METADATA_ENV)
+
+    ambiguous = _run(project, "upgrade", "head")
+    (project / "databases.yaml").write_text(
+        yaml.safe_dump({"default": "local", "databases": databases}, sort_keys=False)
+    )
+    chosen = _ok(project, "upgrade", "head")
+
+    assert ambiguous.returncode != 0
+    assert (
+        "FAILED: 1 problem in env.py\n"
+        "  target_metadata: a single MetaData belongs to the default database or to the only one that is not "
+        "a replica, and there are 2 (local, other) with no default: pass {name: MetaData}\n"
+    ) in ambiguous.stdout
+    assert re.findall(r"database (\w+) on ", chosen.stderr) == ["local"]
+    assert _sqlite_tables(tmp_path / "local.db") == ["alembic_version", "notes"]
+    assert not (tmp_path / "other.db").exists()

@@ -385,6 +385,13 @@ def test_the_wait_for_the_lock_is_bounded_by_x_lock_timeout(
     with psycopg.connect(pg.url_string(database=database), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (lock_key("primary"),))
         result = _run(project, "-x", "lock_timeout=1.5", "upgrade", "head")
+        # The query the README gives for finding the holder.
+        holders = pg.psql(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+            f"AND ((classid::bigint << 32) | objid::bigint) = {lock_key('primary')}",
+            database=database,
+        )
+        assert holders == [(str(holder.info.backend_pid),)]
 
     assert result.returncode != 0
     assert (

@@ -167,6 +167,8 @@ def _select(
     registry: Registry, metadata: dict[str, MetaData | None], chosen: Sequence[str] | None, where: str
 ) -> list[_Target]:
     if chosen is not None:
+        if not chosen:
+            raise _error("db", f"names no database; declared: {', '.join(registry.names)}", where)
         for name in chosen:
             if name not in registry:
                 raise _error("db", _unknown(name, registry), where)
@@ -281,6 +283,7 @@ def _run_online(registry: Registry, target: _Target, timeout: float, configure: 
 
 def _run_offline(targets: list[_Target], sql_dir: Path, configure: dict[str, Any]) -> None:
     """One ``<name>.sql`` per database, as Alembic's ``multidb`` template writes; nothing is connected."""
+    sql_dir.mkdir(parents=True, exist_ok=True)
     for target in targets:
         path = sql_dir / f"{target.name}.sql"
         with open(path, "w", encoding="utf-8") as buffer:

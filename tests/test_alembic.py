@@ -497,8 +497,7 @@ def test_two_names_on_one_database_are_refused(
 
 
 def test_sql_mode_writes_one_file_per_database_and_connects_to_nothing(tmp_path: Path) -> None:
-    out = tmp_path / "sql"
-    out.mkdir()
+    out = tmp_path / "build" / "sql"  # made when missing
     with _listener() as (port, listener):
         project = _project(
             tmp_path,
@@ -558,6 +557,15 @@ def test_a_lock_timeout_that_is_not_seconds_is_refused(tmp_path: Path) -> None:
         "FAILED: 1 problem in alembic -x lock_timeout\n  lock_timeout: expected a number of seconds above 0, got 'soon'\n"
     ) in result.stdout
     assert not (tmp_path / "local.db").exists()
+
+
+def test_an_empty_x_db_is_refused(tmp_path: Path) -> None:
+    project = _project(tmp_path, {"local": {"url": f"sqlite:///{tmp_path / 'local.db'}"}}, {"r1": REVISION_1})
+
+    result = _run(project, "-x", "db=", "upgrade", "head")
+
+    assert result.returncode != 0
+    assert "FAILED: 1 problem in alembic -x db=\n  db: names no database; declared: local\n" in result.stdout
 
 
 SINGLE_METADATA_ENV = """

@@ -43,6 +43,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the installati
     ) from None
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from ._migrate import lock_key, migration_url, physical_identity
@@ -168,7 +169,7 @@ def _select(
 ) -> list[_Target]:
     if chosen is not None:
         if not chosen:
-            raise _error("db", f"names no database; declared: {', '.join(registry.names)}", where)
+            raise _error("db", f"names no database; declared: {_declared(registry)}", where)
         for name in chosen:
             if name not in registry:
                 raise _error("db", _unknown(name, registry), where)
@@ -191,7 +192,7 @@ def _select(
             raise _error(
                 "target_metadata",
                 "names no database to migrate (replicas are never migrated): "
-                f"pass {{name: MetaData}} or select with -x db=NAME; declared: {', '.join(registry.names)}",
+                f"pass {{name: MetaData}} or select with -x db=NAME; declared: {_declared(registry)}",
                 "env.py",
             )
     targets = [_target(registry, name, metadata.get(name)) for name in names]
@@ -242,7 +243,11 @@ def _refuse_shared_databases(registry: Registry, targets: list[_Target]) -> None
 def _unknown(name: str, registry: Registry) -> str:
     hint = closest(name, registry.names)
     did_you_mean = f"; did you mean {hint!r}?" if hint else ""
-    return f"unknown database {name!r}{did_you_mean} declared: {', '.join(registry.names) or '(none)'}"
+    return f"unknown database {name!r}{did_you_mean} declared: {_declared(registry)}"
+
+
+def _declared(registry: Registry) -> str:
+    return ", ".join(registry.names) or "(none)"
 
 
 def _error(path: str, message: str, where: str) -> MigrationConfigError:
@@ -382,7 +387,12 @@ def _advisory_lock(engine: Engine, name: str, timeout: float) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            # Closing this connection ends the session, which releases the lock anyway: a failed
+            # unlock must not hide the migration's own error.
+            try:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            except DBAPIError:
+                logger.warning("%s: could not unlock the migration lock; closing its connection releases it", name)
 
 
 @contextlib.contextmanager

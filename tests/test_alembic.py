@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import pytest
 import yaml
@@ -169,7 +170,8 @@ def _run(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=RUN_TIMEOUT,
         check=False,
     )
-    assert PASSWORD not in result.stdout + result.stderr
+    for secret in (PASSWORD, quote_plus(PASSWORD), "pg-S3cret"):
+        assert secret not in result.stdout + result.stderr
     return result
 
 

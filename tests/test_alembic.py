@@ -321,7 +321,7 @@ def test_revision_gets_a_function_pair_per_database_and_connects_to_nothing(tmp_
         project = _project(
             tmp_path,
             {
-                "primary": {"url": f"postgresql://app:{PASSWORD}@{HOST}:{port}/app"},
+                "primary": {"url": f"postgresql://app:{quote_plus(PASSWORD)}@{HOST}:{port}/app"},
                 "local": {"url": f"sqlite:///{tmp_path / 'never.db'}"},
             },
             {},
@@ -504,8 +504,8 @@ def test_sql_mode_writes_one_file_per_database_and_connects_to_nothing(tmp_path:
         project = _project(
             tmp_path,
             {
-                "primary": {"url": f"postgresql://app:{PASSWORD}@{HOST}:{port}/app"},
-                "analytics": {"url": f"postgresql+asyncpg://app:{PASSWORD}@{HOST}:{port}/analytics"},
+                "primary": {"url": f"postgresql://app:{quote_plus(PASSWORD)}@{HOST}:{port}/app"},
+                "analytics": {"url": f"postgresql+asyncpg://app:{quote_plus(PASSWORD)}@{HOST}:{port}/analytics"},
                 "local": {"url": f"sqlite:///{tmp_path / 'local.db'}"},
             },
             {"r1": REVISION_1, "r2": REVISION_2},

@@ -17,8 +17,9 @@ file and the ``<name>_upgrades`` / ``<name>_downgrades`` autogenerate tokens.
 Which databases: ``-x db=a,b`` (else ``databases=``), else every declared database
 in ``target_metadata`` that is not a replica, in declaration order. Each one runs
 on its migration URL (`dbregistry._migrate.migration_url`) with ``NullPool``, under
-a session-level ``pg_advisory_lock(lock_key(name))`` held on a connection of its
-own; SQLite gets an exclusive ``flock`` on ``<file>.migration-lock`` instead.
+a session-level advisory lock on ``lock_key(name)``, taken by polling
+``pg_try_advisory_lock`` on a connection of its own; SQLite gets an exclusive
+``flock`` on ``<file>.migration-lock`` instead.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from ._connect import describe_tls, driver_name
 from ._engines import engine_spec
 from ._errors import CloseError, ConfigError, unknown_name_message
 from ._health import HealthReport
+from ._migrate import migration_url, write_alembic_project
 from ._poolers import detect as detect_pooler
 from ._pools import POOL_NAMES, accepted_options
 from ._registry import Registry
@@ -343,6 +344,7 @@ def cmd_show(args: argparse.Namespace, style: Style) -> int:
                         for name, fields in everything.items()
                     },
                     "connections": drivers,
+                    "migrations": {name: _migrations_json(registry[name]) for name in registry.names},
                 }
             )
             return EXIT_OK
@@ -363,9 +365,32 @@ def cmd_show(args: argparse.Namespace, style: Style) -> int:
                 for mode, shown in drivers[name].items()
             ]
             print(render_table(["mode", "driver", "connection arguments"], modes, style, indent="  "))
+            print(f"\n  migrations{_migrations_text(registry[name])}")
         return EXIT_OK
     finally:
         _close(registry)
+
+
+def _migrations_json(db: DatabaseConfig) -> dict[str, str | None]:
+    found = migration_url(db)
+    return {"url": mask(found.url) if found.url is not None else None, "why": found.reason}
+
+
+def _migrations_text(db: DatabaseConfig) -> str:
+    found = migration_url(db)
+    return f" run on {mask(found.url)}  ({found.reason})" if found.url is not None else f": {found.reason}"
+
+
+def cmd_alembic(args: argparse.Namespace, style: Style) -> int:
+    try:
+        written = write_alembic_project(Path(args.directory), Path(args.ini))
+    except FileExistsError as e:
+        print(f"dbregistry alembic init: {e}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: alembic -c {args.ini} revision -m 'first'  (databases from $DBREGISTRY_CONFIG and the environment)")
+    return EXIT_OK
 
 
 _STATUS_COLOURS: Final = {"up": "green", "down": "red", "timeout": "yellow"}
@@ -697,6 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--live", action="store_true", help="read max_connections from each PostgreSQL server")
     budget.add_argument("--timeout", type=_seconds, default=5.0, metavar="S", help="connect timeout for --live")
     command("schema", cmd_schema, "print the JSON Schema of the configuration file")
+    alembic = command("alembic", cmd_alembic, "Alembic for the declared databases: `alembic init DIR` writes env.py")
+    alembic.add_argument("action", choices=["init"], help="init: write env.py, script.py.mako and alembic.ini")
+    alembic.add_argument("directory", metavar="DIR", help="the migration directory to create (missing or empty)")
+    alembic.add_argument("--ini", default="alembic.ini", metavar="FILE", help="the alembic.ini to write when missing")
     return parser
 
 

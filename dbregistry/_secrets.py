@@ -109,12 +109,17 @@ def mask_url(url: URL) -> str:
     >>> from sqlalchemy.engine import make_url
     >>> mask_url(make_url("postgresql://app:s3cret@db/app?sslpassword=k3y&sslmode=require"))
     'postgresql://app:***@db/app?sslmode=require&sslpassword=***'
+    >>> mask_url(make_url("sqlite:///:memory:"))
+    'sqlite:///:memory:'
     """
     secret = [key for key in url.query if is_secret_key(key)]
-    if not secret:
-        return url.render_as_string(hide_password=True)
     rendered = url.update_query_dict(dict.fromkeys(secret, MASK)).render_as_string(hide_password=True)
-    return rendered.replace(f"={quote(MASK, safe='')}", f"={MASK}")  # the query is rendered %-encoded
+    if secret:
+        rendered = rendered.replace(f"={quote(MASK, safe='')}", f"={MASK}")  # the query is rendered %-encoded
+    if url.get_backend_name() == "sqlite" and url.database == ":memory:":
+        # SQLAlchemy %-encodes the ':' of a database name; SQLite's own spelling is what users wrote.
+        rendered = rendered.replace("/%3Amemory%3A", "/:memory:", 1)
+    return rendered
 
 
 def check_url_text(text: str, url: URL) -> None:

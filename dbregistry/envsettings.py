@@ -7,14 +7,16 @@ the registry's own import time, which a cold start (Lambda, a CLI) without
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SettingsConfigDict
+from dotenv import dotenv_values
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from ._files import MAX_ENV_FILE_BYTES, read_bounded
 from .schema import DatabaseConfig
 from .sources import ENV_PREFIX, NESTING
 
@@ -56,6 +58,11 @@ def read_prefixed(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The variables of a ``.env`` file, as pydantic-settings (python-dotenv) reads them."""
-    source = DotEnvSettingsSource(_EnvSchema, env_file=Path(path), case_sensitive=True)
-    return {k: v for k, v in source.env_vars.items() if v is not None}
+    """The variables of a ``.env`` file, parsed as pydantic-settings does (python-dotenv).
+
+    The file is read here, bounded (`_files.read_bounded`), and parsed from
+    memory: python-dotenv would read a file of any size. Raises `FileReadError`.
+    """
+    text = read_bounded(path, MAX_ENV_FILE_BYTES).decode("utf-8")
+    variables = parse_env_vars(dotenv_values(stream=io.StringIO(text)), case_sensitive=True)
+    return {k: v for k, v in variables.items() if v is not None}

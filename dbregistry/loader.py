@@ -20,8 +20,9 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
+from ._files import FileReadError, read_secret_file
 from .errors import ConfigError, Problem, closest, redact
-from .interpolation import interpolate_tree
+from .interpolation import Budget, interpolate_tree
 from .rules import check, unknown_name_message
 from .schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, field_names
 from .sources import (
@@ -105,7 +106,10 @@ def load_config(
         if Path(env_file).is_file():
             from .envsettings import read_env_file  # noqa: PLC0415  (pydantic-settings: only when there is a file)
 
-            dotenv = read_env_file(env_file)
+            try:
+                dotenv = read_env_file(env_file)
+            except FileReadError as e:
+                found.add((), f"env file {os.fspath(env_file)} {e}", Origin(Precedence.DOTENV, os.fspath(env_file)))
         elif env_file_required:
             found.add(
                 (),
@@ -116,10 +120,11 @@ def load_config(
     _check_prefixed_variables(environ, Precedence.ENVIRON, "", found)
     variables = {**dotenv, **environ}
     selected = None
+    budget = Budget()  # one bound for every substitution of this load, other profiles included
     if document is not None:
         _check_profiles_section(document, found)
         selected = select_profile(document, profile, variables, found)
-        document = _interpolated(document, selected, variables, found)
+        document = _interpolated(document, selected, variables, found, budget)
     layers = collect_layers(
         document=document,
         profile=selected,
@@ -132,7 +137,7 @@ def load_config(
     _apply_password_files(merged, found)
     config = _validate(merged, found, document is not None)
     if document is not None:
-        _validate_other_profiles(document, selected, variables, found)
+        _validate_other_profiles(document, selected, variables, found, budget)
     if found.problems or config is None:
         raise ConfigError(_unique(found.problems), origin=source)
     return LoadedConfig(config=config, origins=merged.origins, source=source, profile=selected)
@@ -228,7 +233,11 @@ def _check_profiles_section(document: YamlDocument, found: _Collector) -> None:
 
 
 def _interpolated(
-    document: YamlDocument, selected: str | None, variables: Mapping[str, str], found: _Collector | None
+    document: YamlDocument,
+    selected: str | None,
+    variables: Mapping[str, str],
+    found: _Collector | None,
+    budget: Budget | None = None,
 ) -> YamlDocument:
     """The document with ``${...}`` substituted in its base and in the selected profile."""
     origin = document_origin(document, Precedence.YAML)
@@ -238,13 +247,14 @@ def _interpolated(
             found.add(_shown_path(path), message, origin(path), unresolved=True)
 
     data = {k: v for k, v in document.data.items() if k != "profiles"}
-    data = interpolate_tree(data, variables, on_error)
+    budget = Budget() if budget is None else budget
+    data = interpolate_tree(data, variables, on_error, budget=budget)
     profiles = _profiles(document)
     if profiles:
         data["profiles"] = dict(profiles)
         if selected is not None:
             data["profiles"][selected] = interpolate_tree(
-                profiles[selected], variables, on_error, ("profiles", selected)
+                profiles[selected], variables, on_error, ("profiles", selected), budget
             )
     return replace(document, data=data)
 
@@ -255,7 +265,7 @@ def _shown_path(path: PathKey) -> PathKey:
 
 
 def _validate_other_profiles(
-    document: YamlDocument, selected: str | None, variables: Mapping[str, str], found: _Collector
+    document: YamlDocument, selected: str | None, variables: Mapping[str, str], found: _Collector, budget: Budget
 ) -> None:
     """A typo in the production overlay is found on a developer's laptop too."""
     for name, overlay in _profiles(document).items():
@@ -266,7 +276,9 @@ def _validate_other_profiles(
         def skip(path: PathKey, _message: str, unresolved: set[PathKey] = unresolved) -> None:
             unresolved.add(path)  # an unset variable of another environment is not an error here
 
-        resolved = interpolate_tree(overlay, variables, skip)
+        if budget.exhausted:
+            return  # reported where the base or the selected profile passed the bound
+        resolved = interpolate_tree(overlay, variables, skip, budget=budget)
         trial = replace(document, data={**document.data, "profiles": {**_profiles(document), name: resolved}})
         merged = merge([base_layer(document), profile_layer(trial, name, Precedence.PROFILE)])
         local = _Collector()
@@ -282,10 +294,12 @@ def _validate_other_profiles(
 
 
 def _apply_password_files(merged: Merged, found: _Collector) -> None:
-    """Put each ``password_file``'s content into its database's URL.
+    """Put each ``password_file``'s content into its database's ``url`` and ``direct_url``.
 
     It beats a password written in the file's URL; a URL that came from a
     higher source (the environment, overrides) with its own password keeps it.
+    A relative path is relative to the folder of the YAML file that declared
+    it; one from the environment or code, to the working directory.
     """
     databases = merged.data.get("databases")
     if not isinstance(databases, dict):
@@ -294,26 +308,34 @@ def _apply_password_files(merged: Merged, found: _Collector) -> None:
         if not isinstance(entry, dict) or not isinstance(entry.get("password_file"), str | os.PathLike):
             continue
         path: PathKey = ("databases", name, "password_file")
+        origin = merged.origin(path)
         secret_path = os.fspath(entry["password_file"])
+        if origin.file is not None and "\x00" not in secret_path:
+            secret_path = os.path.join(os.path.dirname(origin.file), secret_path)
         try:
-            password = Path(secret_path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
-        except FileNotFoundError:
-            found.add(path, f"password file {secret_path} does not exist", merged.origin(path))
+            password = read_secret_file(secret_path)
+        except FileReadError as e:
+            what = "does not exist" if e.kind == "missing" else str(e)
+            shown = secret_path.replace("\x00", "\\x00")
+            found.add(path, f"password file {shown} {what}", origin)
             continue
-        except (OSError, UnicodeDecodeError) as e:
-            found.add(path, f"cannot read password file {secret_path}: {type(e).__name__}", merged.origin(path))
-            continue
-        raw_url = entry.get("url")
-        try:
-            url = parse_url(raw_url) if isinstance(raw_url, str) else raw_url
-        except ValueError:
-            continue  # validation reports the URL itself
-        if not isinstance(url, URL):
-            continue
-        url_origin = merged.origin(("databases", name, "url"))
-        if url.password is not None and url_origin.precedence > Precedence.SECRET_FILE:
-            continue
-        merged.set(("databases", name, "url"), url.set(password=password))
+        for url_field in ("url", "direct_url"):
+            _set_password(merged, name, url_field, password)
+
+
+def _set_password(merged: Merged, name: str, url_field: str, password: str) -> None:
+    entry = merged.data["databases"][name]
+    raw_url = entry.get(url_field)
+    try:
+        url = parse_url(raw_url) if isinstance(raw_url, str) else raw_url
+    except ValueError:
+        return  # validation reports the URL itself
+    if not isinstance(url, URL):
+        return
+    url_origin = merged.origin(("databases", name, url_field))
+    if url.password is not None and url_origin.precedence > Precedence.SECRET_FILE:
+        return
+    merged.set(("databases", name, url_field), url.set(password=password))
 
 
 # -- validation -------------------------------------------------------------------

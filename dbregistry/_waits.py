@@ -24,7 +24,7 @@ def seconds_problem(value: object) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be a finite number of seconds, got {value!r}"
     if not value > 0:
-        return f"must be more than 0 seconds, got {value!r}"
+        return f"must be a positive number of seconds, got {value!r}"
     if value > MAX_SECONDS:
         return f"must be at most {MAX_SECONDS:g} seconds (one day), got {value:g}"
     return None

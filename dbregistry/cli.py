@@ -36,6 +36,7 @@ from typing import Any, Final, TextIO
 
 from sqlalchemy.engine import URL
 
+from ._waits import seconds_problem
 from .budget import Budget, plan, read_limits
 from .errors import CloseError, ConfigError
 from .health import HealthReport
@@ -583,8 +584,9 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    problem = seconds_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

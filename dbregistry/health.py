@@ -33,6 +33,7 @@ from sqlalchemy import event, literal_column, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from ._waits import check_seconds
 from .errors import RegistryClosedError
 
 if TYPE_CHECKING:
@@ -362,8 +363,7 @@ def _names(registry: Registry, names: Iterable[str] | None) -> list[str]:
 
 
 def _check_timeout(timeout: float) -> None:
-    if not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    check_seconds(timeout, "timeout")
 
 
 # -- every database -------------------------------------------------------------------

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from ._waits import check_seconds
 from .errors import CloseError
 from .health import describe_error
 
@@ -62,7 +63,7 @@ class ShutdownHook:
     def __init__(self, registry: Registry, signals: Iterable[int], timeout: float) -> None:
         self._registry = registry
         self._wanted = tuple(signal.Signals(s) for s in signals)
-        self._timeout = timeout
+        self._timeout = check_seconds(timeout, "timeout")  # an infinite join would raise OverflowError in the handler
         self._previous: dict[signal.Signals, Handler] = {}
         self._installed = False
 

@@ -37,6 +37,7 @@ from .sources import (
     document_origin,
     merge,
     profile_layer,
+    url_variable,
 )
 from .urls import parse_url
 from .yamlfile import PathKey, YamlDocument
@@ -72,7 +73,7 @@ class _Collector:
     unresolved: set[str] = field(default_factory=set)
 
     def add(self, path: PathKey, message: str, origin: Origin, *, unresolved: bool = False) -> None:
-        dotted = ".".join(str(p) for p in path)
+        dotted = ".".join(_printable(p) for p in path)
         if dotted in self.unresolved:
             return
         if unresolved:
@@ -80,6 +81,12 @@ class _Collector:
         if origin.precedence == Precedence.DEFAULT and self.fallback is not None:
             origin = self.fallback
         self.problems.append(Problem(dotted, message, source=origin.source, file=origin.file, line=origin.line))
+
+
+def _printable(key: object) -> str:
+    """A key as a path shows it: one with a newline or another control character escaped, as Python would."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def load_config(
@@ -362,18 +369,7 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
     seen: dict[str, str] = {}
     for name, entry in raw.items():
         path: PathKey = ("databases", name)
-        if not isinstance(name, str) or not _NAME.match(name):
-            found.add(
-                path, "a database name starts with a letter and has only letters, digits, '_' and '-'", origin(path)
-            )
-        elif str(name).lower() in seen:
-            found.add(
-                path,
-                f"duplicate database name (as {seen[str(name).lower()]!r}); names are "
-                "case-insensitive because environment variables are",
-                origin(path),
-            )
-        seen.setdefault(str(name).lower(), str(name))
+        _check_name(name, seen, found, origin(path))
         if not isinstance(entry, dict):
             kind = "nothing" if entry is None else type(entry).__name__
             found.add(path, f"must be a mapping of settings (url, pool_size, ...), got {kind}", origin(path))
@@ -415,6 +411,30 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
     return RegistryConfig(default=default, databases=databases, log_pool_events=log_pool_events)
 
 
+def _check_name(name: object, seen: dict[str, str], found: _Collector, where: Origin) -> None:
+    """A valid name, and one that its ``<NAME>_DATABASE_URL`` variable tells apart from the others."""
+    path: PathKey = ("databases", str(name))
+    # fullmatch: the pattern's `$` would let a trailing newline through.
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        found.add(path, "a database name starts with a letter and has only letters, digits, '_' and '-'", where)
+        return
+    # One <NAME>_DATABASE_URL variable addresses each name: case and '-' vs '_' are lost in it.
+    variable = url_variable(name)
+    other = seen.setdefault(variable, name)
+    if other == name:
+        return
+    if other.lower() == name.lower():
+        message = (
+            f"duplicate database name (as {other!r}); names are case-insensitive because environment variables are"
+        )
+    else:
+        message = (
+            f"{other!r} and {name!r} would both be set by {variable}; "
+            "names that differ only in '-' and '_' cannot be told apart there: rename one"
+        )
+    found.add(path, message, where)
+
+
 def _unknown_key(key: str, known: tuple[str, ...] | list[str]) -> str:
     hint = closest(key, known)
     if hint:
@@ -428,6 +448,7 @@ _EXPECTED = {
     "int_from_float": "a whole number",
     "float_parsing": "a number",
     "float_type": "a number",
+    "finite_number": "a finite number",
     "bool_parsing": "true or false",
     "bool_type": "true or false",
     "string_type": "a string",

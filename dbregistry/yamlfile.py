@@ -61,6 +61,8 @@ _INT_TAG = f"{_TAG}int"
 _NULL_TAG = f"{_TAG}null"
 _MAP_TAG = f"{_TAG}map"
 _SEQ_TAG = f"{_TAG}seq"
+# Far below Python's int-string digit limit (4300 by default), and above any honest setting.
+_MAX_DIGITS = 100
 _NOT_A_MERGE_SOURCE = "a merge key (<<) must refer to a mapping"
 
 
@@ -368,6 +370,10 @@ class _Builder:
         value = event.value
         if tag == _STR_TAG:
             return value
+        if tag == _INT_TAG and len(value) > _MAX_DIGITS:
+            # int() refuses it with a ValueError that quotes the digits; no setting needs such a number.
+            self.problem(path, f"a number of {len(value):,} characters is longer than any setting takes", event)
+            return None
         if tag == _INT_TAG and value.isdigit() and value.isascii() and (value[0] != "0" or len(value) == 1):
             return int(value)
         if tag == _NULL_TAG:

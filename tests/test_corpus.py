@@ -37,7 +37,7 @@ from dbregistry import ConfigError, Limits, Problem, Registry
 
 PASSWORD = "Corpus-Pw-7731"
 CORPUS = Path(__file__).resolve().parent / "corpus"
-CASES = sorted(p for p in CORPUS.iterdir() if p.is_file() and re.fullmatch(r"\d\d-[a-z0-9-]+\.(yaml|env)", p.name))
+CASES = sorted(p for p in CORPUS.iterdir() if p.is_file() and re.fullmatch(r"\d{2,3}-[a-z0-9-]+\.(yaml|env)", p.name))
 _HEADER = re.compile(r"#\s*(expect-path|expect-line|expect-source|expect-message|expect-count|environ|base):\s?(.*)")
 
 

@@ -145,15 +145,15 @@ def interpolate_tree(
     as None, so that every problem in a document is found in one pass. Nothing
     is changed in place: a mapping or list with a substituted value somewhere
     inside is a new one, and any other is returned as it was (no copy).
-    Once the document's output passes `MAX_OUTPUT`, that is reported once and
-    every later value to substitute is left as None.
+    Once the output passes `MAX_OUTPUT`, that is reported once and the rest is
+    returned as it is, unvisited (the load fails with that problem).
     """
     budget = Budget() if budget is None else budget
+    if budget.exhausted:
+        return data
     if isinstance(data, str):
         if "$" not in data:
             return data
-        if budget.exhausted:
-            return None
         try:
             return interpolate(data, environ, budget=budget)
         except InterpolationError as e:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from . import health as _health
 from . import lifecycle as _lifecycle
 from . import routing as _routing
+from ._waits import check_seconds
 from .engines import build_async_engine, build_sync_engine, loop_of
 from .errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
 from .loader import LoadedConfig, load_config
@@ -38,6 +41,8 @@ __all__ = ["Registry"]
 StrPath = str | os.PathLike[str]
 
 _CONFIG_VARIABLE = "DBREGISTRY_CONFIG"
+# How long close() / aclose() (and so the ASGI lifespan's shutdown) wait for the engines in all.
+DEFAULT_CLOSE_TIMEOUT = 10.0
 
 logger = logging.getLogger("dbregistry")
 
@@ -367,17 +372,22 @@ class Registry:
         return self._router.async_writer(name)
 
     def configure_routing(
-        self, *, backoff: float | None = None, lag_check_interval: float | _routing.Unset | None = _routing.UNSET
+        self,
+        *,
+        backoff: float | None = None,
+        lag_check_interval: float | _routing.Unset | None = _routing.UNSET,
+        probe_timeout: float | None = None,
     ) -> None:
-        """Set how long a down replica is skipped before it is probed again (``backoff``, seconds, default 30)
-        and how often replicas declaring ``replica_max_lag_seconds`` have their lag checked
-        (``lag_check_interval``, default 5; None: only by `check_replicas`).
+        """Set how long a down replica is skipped before it is probed again (``backoff``, seconds, default 30),
+        how often replicas declaring ``replica_max_lag_seconds`` have their lag checked
+        (``lag_check_interval``, default 5; None: only by `check_replicas`), and how long one probe
+        may take before the replica is marked down (``probe_timeout``, default 5).
 
-        >>> registry.configure_routing(backoff=10, lag_check_interval=2)   # doctest: +SKIP
+        >>> registry.configure_routing(backoff=10, lag_check_interval=2, probe_timeout=1)   # doctest: +SKIP
 
         Waits already running are shortened to the new values, never lengthened.
         """
-        self._router.configure(backoff=backoff, lag_check_interval=lag_check_interval)
+        self._router.configure(backoff=backoff, lag_check_interval=lag_check_interval, probe_timeout=probe_timeout)
 
     def check_replicas(self, name: str | None = None) -> dict[str, _routing.ReplicaStatus]:
         """Probe every replica (of ``name``, else of every database) now, with the sync engines; update routing.
@@ -420,34 +430,47 @@ class Registry:
             self._sync, self._async, self._sync_direct, self._async_direct = {}, {}, {}, {}
         return sync, async_
 
-    def close(self) -> None:
-        """Dispose every engine built, sync and async; idempotent.
+    def close(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        """Dispose every engine built, sync and async, within ``timeout`` seconds in all; idempotent.
+
+        >>> registry.close(timeout=5)                        # doctest: +SKIP
 
         Every engine is disposed even when some fail; the failures are then
-        raised together as a `CloseError`. From inside a running event loop
-        with async engines built, use ``await aclose()`` instead (this raises
-        `RuntimeError` and changes nothing).
+        raised together as a `CloseError`. An async engine whose connections
+        do not close in time (a database that stopped answering) is one of
+        them, with a `TimeoutError`: its connections are dropped, not waited
+        on. From inside a running event loop with async engines built, use
+        ``await aclose()`` instead (this raises `RuntimeError` and changes nothing).
         """
+        check_seconds(timeout, "timeout")
         if self._async and _lifecycle.loop_running():
             raise RuntimeError(
                 "close() cannot wait for async engines inside a running event loop; use `await registry.aclose()`"
             )
-        self._router.close()
+        deadline = time.monotonic() + timeout
+        self._router.close(min(timeout, _routing.DEFAULT_PROBE_TIMEOUT))
         sync, async_ = self._detach()
         failures = _dispose_sync(sync)
         for name, engine in async_:
             try:
-                _dispose_async_from_sync(name, engine)
+                _dispose_async_from_sync(name, engine, max(0.0, deadline - time.monotonic()), timeout)
             except Exception as e:
                 failures.append((f"{name} (async)", e))
         if failures:
             raise CloseError(failures)
 
-    async def aclose(self) -> None:
-        """Dispose every engine built, awaiting the async ones; idempotent."""
-        await self._router.aclose()
+    async def aclose(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        """Dispose every engine built, awaiting the async ones, within ``timeout`` seconds in all; idempotent.
+
+        >>> await registry.aclose(timeout=5)                 # doctest: +SKIP
+
+        As `close`: an engine that does not close in time is reported in the `CloseError`.
+        """
+        check_seconds(timeout, "timeout")
+        deadline = time.monotonic() + timeout
+        await self._router.aclose(min(timeout, _routing.DEFAULT_PROBE_TIMEOUT))
         sync, async_ = self._detach()
-        failures = await _dispose_async(async_)
+        failures = await _dispose_async(async_, max(0.0, deadline - time.monotonic()), timeout)
         failures += _dispose_sync(sync)
         if failures:
             raise CloseError(failures)
@@ -551,7 +574,7 @@ def _dispose_sync(engines: list[tuple[str, Engine]]) -> list[tuple[str, Exceptio
 _LOOP_BOUND_DRIVERS = frozenset({"asyncpg", "psycopg", "psycopg_async", "aiomysql", "asyncmy", "aioodbc"})
 
 
-def _dispose_async_from_sync(name: str, engine: AsyncEngine) -> None:
+def _dispose_async_from_sync(name: str, engine: AsyncEngine, timeout: float, shown: float) -> None:
     """Dispose an async engine from sync code, in the event loop its connections belong to."""
     loop = loop_of(engine)
     if loop is None or loop.is_closed():
@@ -569,15 +592,53 @@ def _dispose_async_from_sync(name: str, engine: AsyncEngine) -> None:
             )
             engine.sync_engine.dispose(close=False)
             return
-        asyncio.run(engine.dispose())
+        asyncio.run(_dispose_within(engine, timeout, shown))
     elif loop.is_running():
-        asyncio.run_coroutine_threadsafe(engine.dispose(), loop).result()
+        future = asyncio.run_coroutine_threadsafe(_dispose_within(engine, timeout, shown), loop)
+        try:
+            future.result(timeout + _CANCEL_GRACE * 2)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # the loop is busy or blocked: it never ran the close
+            engine.sync_engine.dispose(close=False)
+            raise _not_closed(shown) from None
     else:
-        loop.run_until_complete(engine.dispose())
+        loop.run_until_complete(_dispose_within(engine, timeout, shown))
 
 
-async def _dispose_async(engines: list[tuple[str, AsyncEngine]]) -> list[tuple[str, Exception]]:
-    results = await asyncio.gather(*(engine.dispose() for _, engine in engines), return_exceptions=True)
+# A close that timed out is cancelled; the cancelled close is given this long to end.
+_CANCEL_GRACE = 1.0
+
+
+def _not_closed(timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"its connections did not close within {timeout:g} s (a database that stopped answering?); "
+        "they were dropped without closing"
+    )
+
+
+async def _dispose_within(engine: AsyncEngine, timeout: float, shown: float | None = None) -> None:
+    """``engine.dispose()``, given up after ``timeout``: asyncpg's close waits for the server without a bound.
+
+    ``shown`` is the timeout the caller asked for, of which ``timeout`` is what was left.
+    """
+    task = asyncio.ensure_future(engine.dispose())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if done:
+        task.result()
+        return
+    # wait_for would wait for the cancelled close too; a frozen server may never let it end.
+    task.cancel()
+    await asyncio.wait({task}, timeout=_CANCEL_GRACE)
+    engine.sync_engine.dispose(close=False)
+    raise _not_closed(timeout if shown is None else shown)
+
+
+async def _dispose_async(
+    engines: list[tuple[str, AsyncEngine]], timeout: float, shown: float
+) -> list[tuple[str, Exception]]:
+    results = await asyncio.gather(
+        *(_dispose_within(engine, timeout, shown) for _, engine in engines), return_exceptions=True
+    )
     failures: list[tuple[str, Exception]] = []
     for (name, _), result in zip(engines, results, strict=True):
         if isinstance(result, BaseException):

@@ -25,6 +25,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
 import signal
 import threading
 import weakref
@@ -49,6 +50,15 @@ Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 _HOOKS: weakref.WeakKeyDictionary[Registry, ShutdownHook] = weakref.WeakKeyDictionary()
 _HOOKS_LOCK = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    global _HOOKS_LOCK  # noqa: PLW0603 - a lock held by a thread of the parent would never be released here
+    _HOOKS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
 
 
 class ShutdownHook:

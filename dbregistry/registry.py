@@ -490,6 +490,10 @@ class Registry:
         await self.aclose()
 
     def _after_fork_in_child(self) -> None:
+        # The child has only the thread that forked: a lock another thread held (inside a
+        # first get()) would never be released. Its engines dict may lack that engine; the
+        # next get() builds it.
+        self._lock = threading.Lock()
         # SQLAlchemy's documented recipe: the child drops the parent's pooled
         # connections without closing them (closing would end the parent's sessions).
         for _, engine in _unique_engines(self._sync) + _unique_engines(self._sync_direct):
@@ -652,10 +656,28 @@ _E = TypeVar("_E", "Engine", "AsyncEngine")
 
 
 def _read_only(engine: _E) -> _E:
-    """``engine`` whose transactions are READ ONLY where the dialect can say so (PostgreSQL), sharing its pool."""
+    """``engine`` whose transactions are READ ONLY where the dialect can say so (PostgreSQL), sharing its pool.
+
+    READ ONLY is a property of a transaction: under AUTOCOMMIT there is none,
+    and psycopg and asyncpg then drop it without a word (an INSERT commits).
+    A read-only engine of an AUTOCOMMIT database runs in READ COMMITTED
+    transactions instead, PostgreSQL's default; SQLAlchemy puts the connection
+    back to AUTOCOMMIT when it returns to the pool.
+    """
     if engine.dialect.name != "postgresql":
         return engine
+    if _autocommit(engine):
+        return engine.execution_options(postgresql_readonly=True, isolation_level="READ COMMITTED")
     return engine.execution_options(postgresql_readonly=True)
+
+
+def _autocommit(engine: Engine | AsyncEngine) -> bool:
+    sync = getattr(engine, "sync_engine", engine)
+    # isolation_level= of create_engine is kept only on the dialect (SQLAlchemy 1.4 to 2.1).
+    level = sync.get_execution_options().get("isolation_level") or getattr(
+        sync.dialect, "_on_connect_isolation_level", None
+    )
+    return isinstance(level, str) and level.upper() == "AUTOCOMMIT"
 
 
 _LIVE: weakref.WeakSet[Registry] = weakref.WeakSet()

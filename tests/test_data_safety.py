@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from servers import PASSWORD, USER, PostgresServer
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 import dbregistry.registry as registry_module
@@ -87,7 +88,9 @@ class TestPasswordFileForDirectUrl:
         # Before: the direct engine connected with no password: "fe_sendauth: no password supplied".
         secret = tmp_path / "pw"
         secret.write_text(PASSWORD + "\n")
-        bare = pg.url("postgresql+psycopg").set(password=None).render_as_string(hide_password=False)
+        full = pg.url("postgresql+psycopg")
+        bare = URL.create(full.drivername, full.username, None, full.host, full.port, full.database).render_as_string()
+        assert ":" not in bare.split("//")[1].split("@")[0]  # no password in it
         registry = Registry.from_dict(
             {"databases": {"primary": {"url": bare, "direct_url": bare, "password_file": str(secret)}}}, environ={}
         )

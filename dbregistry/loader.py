@@ -378,6 +378,11 @@ def _validate(merged: Merged, found: _Collector, from_file: bool) -> RegistryCon
         flags = [key for key in _NUMBER_FIELDS if isinstance(entry.get(key), bool)]
         for key in flags:
             found.add((*path, key), f"must be {_NUMBER_FIELDS[key]}, got {entry[key]!r}", origin((*path, key)))
+        # An integer past int-to-text's digit limit fails every later message and `show` with ValueError.
+        huge = [key for key, value in entry.items() if type(value) is int and abs(value) >= _LARGEST_NUMBER]
+        for key in huge:
+            found.add((*path, key), "is a number too long for any setting (over 18 digits)", origin((*path, key)))
+        flags += huge
         for key in ("pool_class", "poolclass"):
             # `pool_class: null` is YAML's null, which would silently mean the default QueuePool.
             if key in entry and entry[key] is None and origin((*path, key)).file is not None:
@@ -461,6 +466,7 @@ _NULL_POOL_CLASS = (
     "has no value (YAML reads null and ~ as nothing); write NullPool for the pool that keeps "
     "no connections, or remove the line for the default"
 )
+_LARGEST_NUMBER = 10**18
 _NUMBER_FIELDS = {
     "pool_size": "a whole number",
     "max_overflow": "a whole number",

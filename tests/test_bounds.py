@@ -112,6 +112,13 @@ class TestNumbers:
         assert "Traceback" not in captured.err + captured.out
         assert "a number of 5,000 characters is longer than any setting takes" in captured.out + captured.err
 
+    @pytest.mark.parametrize("value", [10**5000, -(10**5000), 10**18], ids=["huge", "huge-negative", "1e18"])
+    def test_integer_beyond_the_digit_limit_in_code(self, value: int) -> None:
+        # Before: 10**5000 was accepted (and `show` failed printing it); -(10**5000) escaped as ValueError.
+        assert problems({"databases": {"a": {"url": URL, "pool_size": value}}}) == [
+            "from_dict  databases.a.pool_size: is a number too long for any setting (over 18 digits)"
+        ]
+
 
 class TestNames:
     def test_trailing_newline(self) -> None:

@@ -44,10 +44,11 @@ def within(seconds: float, func: Callable[[], T]) -> T:
 
 
 def silent_replica(port: int, driver: str, **extra: Any) -> Registry:
+    """A primary nobody connects to, and a replica on a server that accepts and never answers."""
     return Registry.from_dict(
         {
             "databases": {
-                "primary": {"url": "sqlite://", "pool_class": "StaticPool"},
+                "primary": {"url": f"postgresql+{driver}://app:pw@127.0.0.1:{port}/app"},
                 "replica": {
                     "url": f"postgresql+{driver}://app:pw@127.0.0.1:{port}/app",
                     "replica_of": "primary",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from servers import PostgresServer, silent_server
+from servers import PostgresServer, free_port, silent_server
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -48,7 +48,7 @@ def silent_replica(port: int, driver: str, **extra: Any) -> Registry:
     return Registry.from_dict(
         {
             "databases": {
-                "primary": {"url": f"postgresql+{driver}://app:pw@127.0.0.1:{port}/app"},
+                "primary": {"url": f"postgresql+{driver}://app:pw@127.0.0.1:{free_port()}/app"},
                 "replica": {
                     "url": f"postgresql+{driver}://app:pw@127.0.0.1:{port}/app",
                     "replica_of": "primary",

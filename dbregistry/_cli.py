@@ -53,6 +53,7 @@ from ._schema import NAME_PATTERN, DatabaseConfig, RegistryConfig
 from ._secrets import mask_mapping
 from ._sources import Origin, Precedence
 from ._urls import is_sqlite, is_sqlite_memory, mask
+from ._waits import seconds_problem
 
 __all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "build_parser", "config_schema", "main"]
 
@@ -665,8 +666,9 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    problem = seconds_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

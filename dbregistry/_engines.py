@@ -101,6 +101,21 @@ def shared_memory_sqlite_across_threads(spec: EngineSpec, db: DatabaseConfig, is
         spec.connect_args.setdefault("check_same_thread", False)
 
 
+@quirk
+def engine_wide_isolation_level(spec: EngineSpec, db: DatabaseConfig, is_async: bool) -> None:
+    """``execution_options: {isolation_level: ...}`` is the engine's level: given to ``create_engine`` as such.
+
+    As an engine execution option it is set by a connect hook that runs after
+    those of engines derived with ``execution_options()``, so a derived
+    engine (the read-only one of `Registry.session`) could not change it.
+    """
+    options = spec.kwargs.get("execution_options")
+    if isinstance(options, dict) and "isolation_level" in options and "isolation_level" not in spec.kwargs:
+        spec.kwargs["isolation_level"] = options.pop("isolation_level")
+        if not options:
+            del spec.kwargs["execution_options"]
+
+
 def build_sync_engine(name: str, db: DatabaseConfig, origin: Origin, *, url: URL | None = None) -> Engine:
     """``create_engine`` for one declared database."""
     spec = _spec_or_error(name, db, origin, is_async=False, url=url)

@@ -7,13 +7,15 @@ the registry's own import time, which a cold start (Lambda, a CLI) without
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SettingsConfigDict
+from dotenv import dotenv_values
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from ._files import MAX_ENV_FILE_BYTES, read_bounded
 from ._schema import DatabaseConfig, SessionConfig
 from ._secrets import utf8_text
 from ._sources import ENV_PREFIX, NESTING
@@ -59,11 +61,11 @@ def read_prefixed(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The variables of a ``.env`` file, as pydantic-settings (python-dotenv) reads them.
+    """The variables of a ``.env`` file, parsed as pydantic-settings does (python-dotenv).
 
-    `NotUtf8Error` (naming the offset, holding nothing of the file) when it is not UTF-8:
-    python-dotenv's `UnicodeDecodeError` would carry the file's bytes, passwords included.
+    The file is read here, bounded (`_files.read_bounded`), and parsed from
+    memory: python-dotenv would read a file of any size. Raises `FileReadError`,
+    or `NotUtf8Error` (naming the offset, holding nothing of the file) when it is not UTF-8.
     """
-    utf8_text(Path(path).read_bytes())
-    source = DotEnvSettingsSource(_EnvSchema, env_file=Path(path), env_file_encoding="utf-8", case_sensitive=True)
-    return {k: v for k, v in source.env_vars.items() if v is not None}
+    text = utf8_text(read_bounded(path, MAX_ENV_FILE_BYTES))
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}

@@ -35,6 +35,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ._errors import RegistryClosedError
 from ._secrets import describe_error, secrets_of
+from ._waits import check_seconds
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -326,8 +327,7 @@ def _names(registry: Registry, names: Iterable[str] | None) -> list[str]:
 
 
 def _check_timeout(timeout: float) -> None:
-    if not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    check_seconds(timeout, "timeout")
 
 
 # -- observers (dbregistry.opentelemetry / dbregistry.prometheus) -------------------

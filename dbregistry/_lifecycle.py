@@ -27,6 +27,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
 import signal
 import threading
 import weakref
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import CloseError
 from ._health import describe_error
+from ._waits import check_seconds
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -52,6 +54,15 @@ _HOOKS: weakref.WeakKeyDictionary[Registry, ShutdownHook] = weakref.WeakKeyDicti
 _HOOKS_LOCK = threading.Lock()
 
 
+def _fresh_lock_in_child() -> None:
+    global _HOOKS_LOCK  # noqa: PLW0603 - a lock held by a thread of the parent would never be released here
+    _HOOKS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
+
+
 class ShutdownHook:
     """The handle `Registry.install_shutdown_hook` returns; ``uninstall()`` puts everything back.
 
@@ -64,7 +75,7 @@ class ShutdownHook:
     def __init__(self, registry: Registry, signals: Iterable[int], timeout: float) -> None:
         self._registry = registry
         self._wanted = tuple(signal.Signals(s) for s in signals)
-        self._timeout = timeout
+        self._timeout = check_seconds(timeout, "timeout")  # an infinite join would raise OverflowError in the handler
         self._previous: dict[signal.Signals, Handler] = {}
         self._installed = False
 

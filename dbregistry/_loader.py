@@ -22,11 +22,12 @@ from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
 from ._errors import ConfigError, Problem, closest, redact, unknown_name_message
-from ._interpolation import interpolate_tree, referenced_variables, substitutions
+from ._files import FileReadError, read_secret_file
+from ._interpolation import Budget, interpolate_tree, referenced_variables, substitutions
 from ._pairs import Where, check_pairs
 from ._rules import check
 from ._schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, SessionConfig, field_names
-from ._secrets import NotUtf8Error, looks_like_credentials, shown_name, utf8_text
+from ._secrets import NotUtf8Error, looks_like_credentials, shown_name
 from ._sources import (
     ENV_PREFIX,
     NESTING,
@@ -40,6 +41,7 @@ from ._sources import (
     document_origin,
     merge,
     profile_layer,
+    url_variable,
 )
 from ._urls import parse_url
 from ._yamlfile import PathKey, YamlDocument
@@ -76,7 +78,7 @@ class _Collector:
 
     def add(self, path: PathKey, message: str, origin: Origin, *, unresolved: bool = False) -> None:
         # A key is user input too: one that may hold a password is described in the path.
-        dotted = ".".join("<not shown>" if looks_like_credentials(str(p)) else str(p) for p in path)
+        dotted = ".".join("<not shown>" if looks_like_credentials(str(p)) else _printable(p) for p in path)
         if dotted in self.unresolved:
             return
         if unresolved:
@@ -84,6 +86,12 @@ class _Collector:
         if origin.precedence == Precedence.DEFAULT and self.fallback is not None:
             origin = self.fallback
         self.problems.append(Problem(dotted, message, source=origin.source, file=origin.file, line=origin.line))
+
+
+def _printable(key: object) -> str:
+    """A key as a path shows it: one with a newline or another control character escaped, as Python would."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def load_config(
@@ -115,6 +123,8 @@ def load_config(
             except NotUtf8Error as e:
                 file = os.fspath(env_file)
                 found.add((), f"env file {file} {e}", Origin(Precedence.DOTENV, file, file, e.line))
+            except FileReadError as e:
+                found.add((), f"env file {os.fspath(env_file)} {e}", Origin(Precedence.DOTENV, os.fspath(env_file)))
         elif env_file_required:
             found.add(
                 (),
@@ -125,6 +135,7 @@ def load_config(
     _check_prefixed_variables(environ, Precedence.ENVIRON, "", found)
     variables = {**dotenv, **environ}
     selected = None
+    budget = Budget()  # one bound for every substitution of this load, other profiles included
     consumed: set[str] = set()
     written: dict[str, Any] = {}
     if document is not None:
@@ -132,7 +143,7 @@ def load_config(
         selected = select_profile(document, profile, variables, found)
         written = _applied(document, selected)
         consumed = referenced_variables(written)
-        document = _interpolated(document, selected, variables, found)
+        document = _interpolated(document, selected, variables, found, budget)
     layers = collect_layers(
         document=document,
         profile=selected,
@@ -149,7 +160,7 @@ def load_config(
     _apply_password_files(merged, found)
     config = _validate(merged, found, document is not None, _fallbacks(written, selected, variables, merged))
     if document is not None:
-        _validate_other_profiles(document, selected, variables, found)
+        _validate_other_profiles(document, selected, variables, found, budget)
     if found.problems or config is None:
         raise ConfigError(_unique(found.problems), origin=source)
     return LoadedConfig(config=config, origins=merged.origins, source=source, profile=selected)
@@ -245,7 +256,11 @@ def _check_profiles_section(document: YamlDocument, found: _Collector) -> None:
 
 
 def _interpolated(
-    document: YamlDocument, selected: str | None, variables: Mapping[str, str], found: _Collector | None
+    document: YamlDocument,
+    selected: str | None,
+    variables: Mapping[str, str],
+    found: _Collector | None,
+    budget: Budget | None = None,
 ) -> YamlDocument:
     """The document with ``${...}`` substituted in its base and in the selected profile."""
     origin = document_origin(document, Precedence.YAML)
@@ -255,13 +270,14 @@ def _interpolated(
             found.add(_shown_path(path), message, origin(path), unresolved=True)
 
     data = {k: v for k, v in document.data.items() if k != "profiles"}
-    data = interpolate_tree(data, variables, on_error)
+    budget = Budget() if budget is None else budget
+    data = interpolate_tree(data, variables, on_error, budget=budget)
     profiles = _profiles(document)
     if profiles:
         data["profiles"] = dict(profiles)
         if selected is not None:
             data["profiles"][selected] = interpolate_tree(
-                profiles[selected], variables, on_error, ("profiles", selected)
+                profiles[selected], variables, on_error, ("profiles", selected), budget
             )
     return replace(document, data=data)
 
@@ -280,7 +296,7 @@ def _shown_path(path: PathKey) -> PathKey:
 
 
 def _validate_other_profiles(
-    document: YamlDocument, selected: str | None, variables: Mapping[str, str], found: _Collector
+    document: YamlDocument, selected: str | None, variables: Mapping[str, str], found: _Collector, budget: Budget
 ) -> None:
     """A typo in the production overlay is found on a developer's laptop too."""
     for name, overlay in _profiles(document).items():
@@ -291,7 +307,9 @@ def _validate_other_profiles(
         def skip(path: PathKey, _message: str, unresolved: set[PathKey] = unresolved) -> None:
             unresolved.add(path)  # an unset variable of another environment is not an error here
 
-        resolved = interpolate_tree(overlay, variables, skip)
+        if budget.exhausted:
+            return  # reported where the base or the selected profile passed the bound
+        resolved = interpolate_tree(overlay, variables, skip, budget=budget)
         trial = replace(document, data={**document.data, "profiles": {**_profiles(document), name: resolved}})
         merged = merge([base_layer(document), profile_layer(trial, name, Precedence.PROFILE)])
         local = _Collector()
@@ -307,10 +325,12 @@ def _validate_other_profiles(
 
 
 def _apply_password_files(merged: Merged, found: _Collector) -> None:
-    """Put each ``password_file``'s content into its database's URL.
+    """Put each ``password_file``'s content into its database's ``url`` and ``direct_url``.
 
     It beats a password written in the file's URL; a URL that came from a
     higher source (the environment, overrides) with its own password keeps it.
+    A relative path is relative to the folder of the YAML file that declared
+    it; one from the environment or code, to the working directory.
     """
     databases = merged.data.get("databases")
     if not isinstance(databases, dict):
@@ -319,29 +339,37 @@ def _apply_password_files(merged: Merged, found: _Collector) -> None:
         if not isinstance(entry, dict) or not isinstance(entry.get("password_file"), str | os.PathLike):
             continue
         path: PathKey = ("databases", name, "password_file")
+        origin = merged.origin(path)
         secret_path = os.fspath(entry["password_file"])
+        if origin.file is not None and "\x00" not in secret_path:
+            secret_path = os.path.join(os.path.dirname(origin.file), secret_path)
         try:
-            password = utf8_text(Path(secret_path).read_bytes()).removesuffix("\n").removesuffix("\r")
-        except FileNotFoundError:
-            found.add(path, f"password file {secret_path} does not exist", merged.origin(path))
-            continue
+            password = read_secret_file(secret_path)
         except NotUtf8Error as e:
-            found.add(path, f"password file {secret_path} {e}", merged.origin(path))
+            found.add(path, f"password file {secret_path} {e}", origin)
             continue
-        except (OSError, UnicodeDecodeError) as e:
-            found.add(path, f"cannot read password file {secret_path}: {type(e).__name__}", merged.origin(path))
+        except FileReadError as e:
+            what = "does not exist" if e.kind == "missing" else str(e)
+            shown = secret_path.replace("\x00", "\\x00")
+            found.add(path, f"password file {shown} {what}", origin)
             continue
-        raw_url = entry.get("url")
-        try:
-            url = parse_url(raw_url) if isinstance(raw_url, str) else raw_url
-        except ValueError:
-            continue  # validation reports the URL itself
-        if not isinstance(url, URL):
-            continue
-        url_origin = merged.origin(("databases", name, "url"))
-        if url.password is not None and url_origin.precedence > Precedence.SECRET_FILE:
-            continue
-        merged.set(("databases", name, "url"), url.set(password=password))
+        for url_field in ("url", "direct_url"):
+            _set_password(merged, name, url_field, password)
+
+
+def _set_password(merged: Merged, name: str, url_field: str, password: str) -> None:
+    entry = merged.data["databases"][name]
+    raw_url = entry.get(url_field)
+    try:
+        url = parse_url(raw_url) if isinstance(raw_url, str) else raw_url
+    except ValueError:
+        return  # validation reports the URL itself
+    if not isinstance(url, URL):
+        return
+    url_origin = merged.origin(("databases", name, url_field))
+    if url.password is not None and url_origin.precedence > Precedence.SECRET_FILE:
+        return
+    merged.set(("databases", name, url_field), url.set(password=password))
 
 
 # -- validation -------------------------------------------------------------------
@@ -402,18 +430,7 @@ def _validate(
     seen: dict[str, str] = {}
     for name, entry in raw.items():
         path: PathKey = ("databases", name)
-        if not isinstance(name, str) or not _NAME.match(name):
-            found.add(
-                path, "a database name starts with a letter and has only letters, digits, '_' and '-'", origin(path)
-            )
-        elif str(name).lower() in seen:
-            found.add(
-                path,
-                f"duplicate database name (as {seen[str(name).lower()]!r}); names are "
-                "case-insensitive because environment variables are",
-                origin(path),
-            )
-        seen.setdefault(str(name).lower(), str(name))
+        _check_name(name, seen, found, origin(path))
         if not isinstance(entry, dict):
             kind = "nothing" if entry is None else type(entry).__name__
             found.add(path, f"must be a mapping of settings (url, pool_size, ...), got {kind}", origin(path))
@@ -422,6 +439,11 @@ def _validate(
         flags = [key for key in _NUMBER_FIELDS if isinstance(entry.get(key), bool)]
         for key in flags:
             found.add((*path, key), f"must be {_NUMBER_FIELDS[key]}, got {entry[key]!r}", origin((*path, key)))
+        # An integer past int-to-text's digit limit fails every later message and `show` with ValueError.
+        huge = [key for key, value in entry.items() if type(value) is int and abs(value) >= _LARGEST_NUMBER]
+        for key in huge:
+            found.add((*path, key), "is a number too long for any setting (over 18 digits)", origin((*path, key)))
+        flags += huge
         for key in ("pool_class", "poolclass"):
             # `pool_class: null` is YAML's null, which would silently mean the default QueuePool.
             if key in entry and entry[key] is None and origin((*path, key)).file is not None:
@@ -488,6 +510,30 @@ def _check_across_fields(
         found.add(pair_path, message, where.origin(pair_path))
 
 
+def _check_name(name: object, seen: dict[str, str], found: _Collector, where: Origin) -> None:
+    """A valid name, and one that its ``<NAME>_DATABASE_URL`` variable tells apart from the others."""
+    path: PathKey = ("databases", str(name))
+    # fullmatch: the pattern's `$` would let a trailing newline through.
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        found.add(path, "a database name starts with a letter and has only letters, digits, '_' and '-'", where)
+        return
+    # One <NAME>_DATABASE_URL variable addresses each name: case and '-' vs '_' are lost in it.
+    variable = url_variable(name)
+    other = seen.setdefault(variable, name)
+    if other == name:
+        return
+    if other.lower() == name.lower():
+        message = (
+            f"duplicate database name (as {other!r}); names are case-insensitive because environment variables are"
+        )
+    else:
+        message = (
+            f"{other!r} and {name!r} would both be set by {variable}; "
+            "names that differ only in '-' and '_' cannot be told apart there: rename one"
+        )
+    found.add(path, message, where)
+
+
 def _unknown_key(key: str, known: tuple[str, ...] | list[str]) -> str:
     hint = closest(key, known)
     if hint:
@@ -501,6 +547,7 @@ _EXPECTED = {
     "int_from_float": "a whole number",
     "float_parsing": "a number",
     "float_type": "a number",
+    "finite_number": "a finite number",
     "bool_parsing": "true or false",
     "bool_type": "true or false",
     "string_type": "a string",
@@ -513,6 +560,7 @@ _NULL_POOL_CLASS = (
     "has no value (YAML reads null and ~ as nothing); write NullPool for the pool that keeps "
     "no connections, or remove the line for the default"
 )
+_LARGEST_NUMBER = 10**18
 _NUMBER_FIELDS = {
     "pool_size": "a whole number",
     "max_overflow": "a whole number",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -21,6 +23,7 @@ from ._poolevents import attach_pool_logging
 from ._schema import DatabaseConfig, RegistryConfig
 from ._secrets import shown_name
 from ._sources import Origin, Origins
+from ._waits import check_seconds
 from ._yamlfile import DEFAULT_LIMITS, Limits, YamlDocument, load_yaml_file
 
 if TYPE_CHECKING:
@@ -37,6 +40,8 @@ __all__ = ["Registry"]
 StrPath = str | os.PathLike[str]
 
 _CONFIG_VARIABLE = "DBREGISTRY_CONFIG"
+# How long close() / aclose() (and so the ASGI lifespan's shutdown) wait for the engines in all.
+DEFAULT_CLOSE_TIMEOUT = 10.0
 
 # (name, "sync" | "async", direct, engine): see `Registry.add_engine_listener`.
 EngineListener = Callable[[str, str, bool, Any], None]
@@ -475,17 +480,22 @@ class Registry:
         return self._router.async_writer(name)
 
     def configure_routing(
-        self, *, backoff: float | None = None, lag_check_interval: float | _routing.Unset | None = _routing.UNSET
+        self,
+        *,
+        backoff: float | None = None,
+        lag_check_interval: float | _routing.Unset | None = _routing.UNSET,
+        probe_timeout: float | None = None,
     ) -> None:
-        """Set how long a down replica is skipped before it is probed again (``backoff``, seconds, default 30)
-        and how often replicas declaring ``replica_max_lag_seconds`` have their lag checked
-        (``lag_check_interval``, default 5; None: only by `check_replicas`).
+        """Set how long a down replica is skipped before it is probed again (``backoff``, seconds, default 30),
+        how often replicas declaring ``replica_max_lag_seconds`` have their lag checked
+        (``lag_check_interval``, default 5; None: only by `check_replicas`), and how long one probe
+        may take before the replica is marked down (``probe_timeout``, default 5).
 
-        >>> registry.configure_routing(backoff=10, lag_check_interval=2)   # doctest: +SKIP
+        >>> registry.configure_routing(backoff=10, lag_check_interval=2, probe_timeout=1)   # doctest: +SKIP
 
         Waits already running are shortened to the new values, never lengthened.
         """
-        self._router.configure(backoff=backoff, lag_check_interval=lag_check_interval)
+        self._router.configure(backoff=backoff, lag_check_interval=lag_check_interval, probe_timeout=probe_timeout)
 
     def check_replicas(self, name: str | None = None) -> dict[str, _routing.ReplicaStatus]:
         """Probe every replica (of ``name``, else of every database) now, with the sync engines; update routing.
@@ -572,35 +582,49 @@ class Registry:
             self._loops = {}
         return sync, async_
 
-    def close(self) -> None:
-        """Dispose every engine built, sync and async; idempotent. The registry then refuses to build
+    def close(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        """Dispose every engine built, sync and async, within ``timeout`` seconds in all; idempotent. The registry then refuses to build
         engines (`RegistryClosedError`) until `reopen`.
 
+        >>> registry.close(timeout=5)                        # doctest: +SKIP
+
         Every engine is disposed even when some fail; the failures are then
-        raised together as a `CloseError`. From inside a running event loop
-        with async engines built, use ``await aclose()`` instead (this raises
-        `RuntimeError` and changes nothing).
+        raised together as a `CloseError`. An async engine whose connections
+        do not close in time (a database that stopped answering) is one of
+        them, with a `TimeoutError`: its connections are dropped, not waited
+        on. From inside a running event loop with async engines built, use
+        ``await aclose()`` instead (this raises `RuntimeError` and changes nothing).
         """
+        check_seconds(timeout, "timeout")
         if self._async and _lifecycle.loop_running():
             raise RuntimeError(
                 "close() cannot wait for async engines inside a running event loop; use `await registry.aclose()`"
             )
-        self._router.close()
+        deadline = time.monotonic() + timeout
+        self._router.close(min(timeout, _routing.DEFAULT_PROBE_TIMEOUT))
         sync, async_ = self._detach()
         failures = _dispose_sync(sync)
         for name, engine in async_:
             try:
-                _dispose_async_from_sync(name, engine)
+                _dispose_async_from_sync(name, engine, max(0.0, deadline - time.monotonic()), timeout)
             except Exception as e:
                 failures.append((f"{name} (async)", e))
         if failures:
             raise CloseError(failures)
 
-    async def aclose(self) -> None:
-        """Dispose every engine built, awaiting the async ones; idempotent. Closed until `reopen`, as `close`."""
-        await self._router.aclose()
+    async def aclose(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        """Dispose every engine built, awaiting the async ones, within ``timeout`` seconds in all; idempotent. Closed until `reopen`,
+        as `close`.
+
+        >>> await registry.aclose(timeout=5)                 # doctest: +SKIP
+
+        As `close`: an engine that does not close in time is reported in the `CloseError`.
+        """
+        check_seconds(timeout, "timeout")
+        deadline = time.monotonic() + timeout
+        await self._router.aclose(min(timeout, _routing.DEFAULT_PROBE_TIMEOUT))
         sync, async_ = self._detach()
-        failures = await _dispose_async(async_)
+        failures = await _dispose_async(async_, max(0.0, deadline - time.monotonic()), timeout)
         failures += _dispose_sync(sync)
         if failures:
             raise CloseError(failures)
@@ -620,6 +644,10 @@ class Registry:
         await self.aclose()
 
     def _after_fork_in_child(self) -> None:
+        # The child has only the thread that forked: a lock another thread held (inside a
+        # first get()) would never be released. Its engines dict may lack that engine; the
+        # next get() builds it.
+        self._lock = threading.Lock()
         # SQLAlchemy's documented recipe: the child drops the parent's pooled
         # connections without closing them (closing would end the parent's sessions).
         for _, engine in _unique_engines(self._sync) + _unique_engines(self._sync_direct):
@@ -704,7 +732,7 @@ def _dispose_sync(engines: list[tuple[str, Engine]]) -> list[tuple[str, Exceptio
     return failures
 
 
-def _dispose_async_from_sync(name: str, engine: AsyncEngine) -> None:
+def _dispose_async_from_sync(name: str, engine: AsyncEngine, timeout: float, shown: float) -> None:
     """Dispose an async engine from sync code, in the event loop its connections belong to."""
     loop = loop_of(engine)
     if loop is None or loop.is_closed():
@@ -723,15 +751,53 @@ def _dispose_async_from_sync(name: str, engine: AsyncEngine) -> None:
             )
             engine.sync_engine.dispose(close=False)
             return
-        asyncio.run(engine.dispose())
+        asyncio.run(_dispose_within(engine, timeout, shown))
     elif loop.is_running():
-        asyncio.run_coroutine_threadsafe(engine.dispose(), loop).result()
+        future = asyncio.run_coroutine_threadsafe(_dispose_within(engine, timeout, shown), loop)
+        try:
+            future.result(timeout + _CANCEL_GRACE * 2)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # the loop is busy or blocked: it never ran the close
+            engine.sync_engine.dispose(close=False)
+            raise _not_closed(shown) from None
     else:
-        loop.run_until_complete(engine.dispose())
+        loop.run_until_complete(_dispose_within(engine, timeout, shown))
 
 
-async def _dispose_async(engines: list[tuple[str, AsyncEngine]]) -> list[tuple[str, Exception]]:
-    results = await asyncio.gather(*(engine.dispose() for _, engine in engines), return_exceptions=True)
+# A close that timed out is cancelled; the cancelled close is given this long to end.
+_CANCEL_GRACE = 1.0
+
+
+def _not_closed(timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"its connections did not close within {timeout:g} s (a database that stopped answering?); "
+        "they were dropped without closing"
+    )
+
+
+async def _dispose_within(engine: AsyncEngine, timeout: float, shown: float | None = None) -> None:
+    """``engine.dispose()``, given up after ``timeout``: asyncpg's close waits for the server without a bound.
+
+    ``shown`` is the timeout the caller asked for, of which ``timeout`` is what was left.
+    """
+    task = asyncio.ensure_future(engine.dispose())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if done:
+        task.result()
+        return
+    # wait_for would wait for the cancelled close too; a frozen server may never let it end.
+    task.cancel()
+    await asyncio.wait({task}, timeout=_CANCEL_GRACE)
+    engine.sync_engine.dispose(close=False)
+    raise _not_closed(timeout if shown is None else shown)
+
+
+async def _dispose_async(
+    engines: list[tuple[str, AsyncEngine]], timeout: float, shown: float
+) -> list[tuple[str, Exception]]:
+    results = await asyncio.gather(
+        *(_dispose_within(engine, timeout, shown) for _, engine in engines), return_exceptions=True
+    )
     failures: list[tuple[str, Exception]] = []
     for (name, _), result in zip(engines, results, strict=True):
         if isinstance(result, BaseException):
@@ -745,10 +811,28 @@ _E = TypeVar("_E", "Engine", "AsyncEngine")
 
 
 def _read_only(engine: _E) -> _E:
-    """``engine`` whose transactions are READ ONLY where the dialect can say so (PostgreSQL), sharing its pool."""
+    """``engine`` whose transactions are READ ONLY where the dialect can say so (PostgreSQL), sharing its pool.
+
+    READ ONLY is a property of a transaction: under AUTOCOMMIT there is none,
+    and psycopg and asyncpg then drop it without a word (an INSERT commits).
+    A read-only engine of an AUTOCOMMIT database runs in READ COMMITTED
+    transactions instead, PostgreSQL's default; SQLAlchemy puts the connection
+    back to AUTOCOMMIT when it returns to the pool.
+    """
     if engine.dialect.name != "postgresql":
         return engine
+    if _autocommit(engine):
+        return engine.execution_options(postgresql_readonly=True, isolation_level="READ COMMITTED")
     return engine.execution_options(postgresql_readonly=True)
+
+
+def _autocommit(engine: Engine | AsyncEngine) -> bool:
+    sync = getattr(engine, "sync_engine", engine)
+    # isolation_level= of create_engine is kept only on the dialect (SQLAlchemy 1.4 to 2.1).
+    level = sync.get_execution_options().get("isolation_level") or getattr(
+        sync.dialect, "_on_connect_isolation_level", None
+    )
+    return isinstance(level, str) and level.upper() == "AUTOCOMMIT"
 
 
 _LIVE: weakref.WeakSet[Registry] = weakref.WeakSet()

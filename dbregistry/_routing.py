@@ -26,6 +26,12 @@ happens on state changes:
 * ``check_replicas()`` / ``acheck_replicas()`` probe every replica now, inline:
   for a health endpoint or a loop of your own.
 
+Every probe, background or inline, sync or async, is bounded by
+``probe_timeout`` (default 5 s, `configure_routing`): a replica that accepts a
+connection and never answers is marked down with ``TimeoutError: no answer
+within 5 s`` and the caller goes on; the driver's own connect timeout is set
+to the same value, so the probe's thread or task ends too.
+
 Each transition is logged once on ``dbregistry.routing`` (down: WARNING, back up:
 INFO), URLs masked and passwords scrubbed from driver messages.
 """
@@ -50,8 +56,10 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 from sqlalchemy import event
 
 from ._errors import RegistryClosedError, UnknownDatabaseError
+from ._health import bounded_connect
 from ._secrets import describe_error, secrets_of
 from ._urls import dialect_of, mask
+from ._waits import check_seconds
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
@@ -63,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BACKOFF",
     "DEFAULT_LAG_CHECK_INTERVAL",
+    "DEFAULT_PROBE_TIMEOUT",
     "UNSET",
     "ReplicaStatus",
     "Router",
@@ -74,6 +83,9 @@ logger = logging.getLogger("dbregistry.routing")
 
 DEFAULT_BACKOFF: Final = 30.0
 DEFAULT_LAG_CHECK_INTERVAL: Final = 5.0
+DEFAULT_PROBE_TIMEOUT: Final = 5.0
+# A cancelled probe task is given this long to finish before close stops waiting for it.
+_CANCEL_GRACE: Final = 1.0
 # close() waits this long for a probe in flight before disposing the engines under it.
 _PROBE_JOIN_TIMEOUT: Final = 5.0
 # A probe not finished after this long (a hung connect, a task whose loop was closed under it)
@@ -221,11 +233,13 @@ class Router:
         *,
         backoff: float = DEFAULT_BACKOFF,
         lag_check_interval: float | None = DEFAULT_LAG_CHECK_INTERVAL,
+        probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
     ) -> None:
         _check_settings(backoff, lag_check_interval)
         self._registry = registry
         self._backoff = backoff
         self._lag_interval = lag_check_interval
+        self._probe_timeout = check_seconds(probe_timeout, "probe_timeout")
         self._lock = threading.Lock()
         # Apart from _lock: reader() must never wait for a state change to count a fallback.
         self._count_lock = threading.Lock()
@@ -259,14 +273,26 @@ class Router:
     def lag_check_interval(self) -> float | None:
         return self._lag_interval
 
-    def configure(self, *, backoff: float | None = None, lag_check_interval: float | Unset | None = UNSET) -> None:
-        """Change the back-off and the lag check interval (None disables periodic lag checks).
+    @property
+    def probe_timeout(self) -> float:
+        return self._probe_timeout
+
+    def configure(
+        self,
+        *,
+        backoff: float | None = None,
+        lag_check_interval: float | Unset | None = UNSET,
+        probe_timeout: float | None = None,
+    ) -> None:
+        """Change the back-off, the lag check interval (None disables periodic lag checks) and the probe timeout.
 
         Waits already scheduled are shortened to the new values, never lengthened.
         """
         new_backoff = self._backoff if backoff is None else backoff
         new_interval = self._lag_interval if isinstance(lag_check_interval, Unset) else lag_check_interval
         _check_settings(new_backoff, new_interval)
+        if probe_timeout is not None:
+            self._probe_timeout = check_seconds(probe_timeout, "probe_timeout")
         with self._lock:
             self._backoff = new_backoff
             self._lag_interval = new_interval
@@ -570,22 +596,51 @@ class Router:
                 self._reschedule(route)
 
     def _probe_one(self, replica: _Replica) -> None:
-        try:
-            with self._engine(replica.name).connect() as conn:
-                lag = _measure(conn, replica)
-        except Exception as e:
-            self._result(replica, error=e, lag=None)
-        else:
-            self._result(replica, error=None, lag=lag)
+        """Probe in a worker thread joined for ``probe_timeout``: a server that never answers is left behind."""
+        timeout = self._probe_timeout
+        outcome: list[tuple[BaseException | None, float | None]] = []
+
+        def probe() -> None:
+            try:
+                engine = self._engine(replica.name)
+                with bounded_connect(engine, timeout), engine.connect() as conn:
+                    lag = _measure(conn, replica)
+            except Exception as e:
+                outcome.append((e, None))
+            else:
+                outcome.append((None, lag))
+
+        worker = threading.Thread(target=probe, name=f"dbregistry probe of {replica.name}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        error, lag = outcome[0] if outcome else (_no_answer(timeout), None)
+        self._result(replica, error=error, lag=lag)
 
     async def _aprobe_one(self, replica: _Replica) -> None:
+        timeout = self._probe_timeout
+
+        async def probe() -> float | None:
+            engine = self._async_engine(replica.name)
+            with bounded_connect(engine.sync_engine, timeout):
+                async with engine.connect() as conn:
+                    return await _ameasure(conn, replica)
+
+        # asyncio.wait, not wait_for: wait_for also waits for the cancelled probe to end, which a
+        # connection to a frozen server may never do.
+        task = asyncio.ensure_future(probe())
         try:
-            async with self._async_engine(replica.name).connect() as conn:
-                lag = await _ameasure(conn, replica)
-        except Exception as e:
-            self._result(replica, error=e, lag=None)
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            task.add_done_callback(_retrieve)
+            self._result(replica, error=_no_answer(timeout), lag=None)
+        elif (error := task.exception()) is not None:
+            self._result(replica, error=error, lag=None)
         else:
-            self._result(replica, error=None, lag=lag)
+            self._result(replica, error=None, lag=task.result())
 
     # -- explicit checks and status ----------------------------------------------------------
 
@@ -638,33 +693,35 @@ class Router:
 
     # -- closing ----------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop starting probes, wait for the ones in flight, forget the engines (the registry disposes them)."""
+    def close(self, timeout: float = _PROBE_JOIN_TIMEOUT) -> None:
+        """Stop starting probes, wait for the ones in flight (``timeout`` in all), forget the engines.
+
+        The registry disposes the engines.
+        """
         self._closed = True
-        for thread in list(self._threads):
-            if thread is not threading.current_thread():
-                thread.join(_PROBE_JOIN_TIMEOUT)
+        _join_all([t for t in self._threads if t is not threading.current_thread()], timeout)
         for task in list(self._tasks):
             loop = task.get_loop()
             if not task.done() and loop.is_running() and not loop.is_closed():
                 loop.call_soon_threadsafe(task.cancel)
         self._forget()
 
-    async def aclose(self) -> None:
-        """`close`, awaiting the probe tasks of the running loop instead of cancelling them."""
+    async def aclose(self, timeout: float = _PROBE_JOIN_TIMEOUT) -> None:
+        """`close`, awaiting the probe tasks of the running loop instead of cancelling them; ``timeout`` in all."""
         self._closed = True
+        deadline = time.monotonic() + timeout
         current = asyncio.get_running_loop()
         mine = [t for t in self._tasks if not t.done() and t.get_loop() is current and t is not asyncio.current_task()]
         if mine:
-            _, pending = await asyncio.wait(mine, timeout=_PROBE_JOIN_TIMEOUT)
+            _, pending = await asyncio.wait(mine, timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                await asyncio.wait(pending, timeout=_CANCEL_GRACE)
         threads = [t for t in self._threads if t is not threading.current_thread()]
         if threads:
-            await asyncio.to_thread(_join_all, threads)
-        self.close()
+            await asyncio.to_thread(_join_all, threads, max(0.0, deadline - time.monotonic()))
+        self.close(0.0)
 
     def reopen(self) -> None:
         """Start probing again after `close` (the registry was reopened)."""
@@ -764,9 +821,20 @@ def _log(messages: _Messages) -> None:
         logger.log(level, "%s", message)
 
 
-def _join_all(threads: Iterable[threading.Thread]) -> None:
+def _join_all(threads: Iterable[threading.Thread], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     for thread in threads:
-        thread.join(_PROBE_JOIN_TIMEOUT)
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _no_answer(timeout: float) -> TimeoutError:
+    return TimeoutError(f"no answer within {timeout:g} s")
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Collect the outcome of a probe left behind, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 _ROUTERS: weakref.WeakSet[Router] = weakref.WeakSet()

@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL
 from ._pools import PoolName, normalize_pool_name
 from ._secrets import mask_mapping, normalize_url
 from ._urls import mask, parse_url
+from ._waits import MAX_SECONDS
 
 __all__ = [
     "ENGINE_OPTIONS",
@@ -115,7 +116,7 @@ class DatabaseConfig(BaseModel):
     )
     pool_size: int | None = Field(default=None, ge=0)
     max_overflow: int | None = Field(default=None, ge=-1)
-    pool_timeout: float | None = Field(default=None, gt=0)
+    pool_timeout: float | None = Field(default=None, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     pool_recycle: int | None = Field(default=None, ge=-1)
     pool_pre_ping: bool | None = None
     pool_use_lifo: bool | None = None
@@ -145,7 +146,11 @@ class DatabaseConfig(BaseModel):
     )
     weight: int = Field(default=1, ge=1, description="a replica's share of reads among the replicas of its primary")
     replica_max_lag_seconds: float | None = Field(
-        default=None, gt=0, description="mark a replica down while its replay lag is above this"
+        default=None,
+        gt=0,
+        le=MAX_SECONDS,
+        allow_inf_nan=False,
+        description="mark a replica down while its replay lag is above this",
     )
     log_pool_events: bool | None = Field(
         default=None, description="log connect, checkout, checkin, invalidate and exhaustion on dbregistry.pool"

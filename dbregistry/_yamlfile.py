@@ -17,11 +17,11 @@ large on big files). It:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from sys import intern
 from typing import Any
 
@@ -39,6 +39,7 @@ from yaml.events import (
 from yaml.nodes import ScalarNode
 
 from ._errors import ConfigError, Problem
+from ._files import FileReadError, read_bounded
 from ._secrets import NotUtf8Error, utf8_text
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "YamlDocument", "line_of", "load_yaml_file", "load_yaml_text"]
@@ -67,6 +68,8 @@ _INT_TAG = f"{_TAG}int"
 _NULL_TAG = f"{_TAG}null"
 _MAP_TAG = f"{_TAG}map"
 _SEQ_TAG = f"{_TAG}seq"
+# Far below Python's int-string digit limit (4300 by default), and above any honest setting.
+_MAX_DIGITS = 100
 _NOT_A_MERGE_SOURCE = "a merge key (<<) must refer to a mapping"
 
 
@@ -124,18 +127,21 @@ def line_of(lines: Lines, path: PathKey, links: Links | None = None) -> int | No
 def load_yaml_file(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> YamlDocument:
     """Read and parse a YAML file whose top level is a mapping; `ConfigError` otherwise."""
     name = os.fspath(path)
-    p = Path(name)
+    size = 0
+    with contextlib.suppress(OSError, ValueError):
+        size = os.stat(name).st_size  # a quick answer for a large regular file; the read below is the bound
+    if size > limits.max_bytes:
+        raise _error(name, f"the file is {size:,} bytes, over the limit of {limits.max_bytes:,}")
     try:
-        size = p.stat().st_size
-        if size > limits.max_bytes:
-            raise _error(name, f"the file is {size:,} bytes, over the limit of {limits.max_bytes:,}")
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise _error(name, f"file not found (working directory: {os.getcwd()})") from None
-    except IsADirectoryError:
-        raise _error(name, "is a directory, not a YAML file") from None
-    except PermissionError:
-        raise _error(name, "permission denied reading the file") from None
+        # Bounded by the read itself, not by stat(): /dev/zero, a FIFO and /proc files report 0 bytes.
+        raw = read_bounded(name, limits.max_bytes)
+    except FileReadError as e:
+        message = {
+            "missing": f"file not found (working directory: {os.getcwd()})",
+            "directory": "is a directory, not a YAML file",
+            "permission": "permission denied reading the file",
+        }.get(e.kind, str(e))
+        raise _error(name, message) from None
     # Errors are raised after the except blocks: `from None` only hides the context, and the
     # decode and parser errors carry the file's text (and so its passwords) in their arguments.
     not_utf8: NotUtf8Error | None = None
@@ -418,6 +424,10 @@ class _Builder:
         value = event.value
         if tag == _STR_TAG:
             return value
+        if tag == _INT_TAG and len(value) > _MAX_DIGITS:
+            # int() refuses it with a ValueError that quotes the digits; no setting needs such a number.
+            self.problem(path, f"a number of {len(value):,} characters is longer than any setting takes", event)
+            return None
         if tag == _INT_TAG and value.isdigit() and value.isascii() and (value[0] != "0" or len(value) == 1):
             return int(value)
         if tag == _NULL_TAG:

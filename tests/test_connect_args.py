@@ -635,7 +635,7 @@ class TestShow:
         assert main(["show", "--config", str(self.config(tmp_path))]) == EXIT_OK
         out = capsys.readouterr().out
         assert self.SECRET not in out
-        table = out.split("\n\n")[-1].splitlines()
+        table = next(part for part in out.split("\n\n") if part.startswith("  mode ")).splitlines()
         assert table == [
             "  mode   driver   connection arguments",
             '  sync   psycopg  {"sslmode": "require", "connect_timeout": 10, "options": "-c statement_timeout=30000", '

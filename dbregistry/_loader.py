@@ -146,8 +146,12 @@ def load_config(
         for path, message in layer.problems:
             found.add(path, message, layer.origin_of(path))
     merged = merge(layers)
-    _apply_password_files(merged, found)
+    own_passwords = _apply_password_files(merged, found)
     config = _validate(merged, found, document is not None, _fallbacks(written, selected, variables, merged))
+    if config is not None:
+        for name in own_passwords:
+            # Connections read password_file again (dbregistry._credentials): not for a URL whose own password won.
+            config.databases[name]._password_file_applies = False
     if document is not None:
         _validate_other_profiles(document, selected, variables, found)
     if found.problems or config is None:
@@ -306,15 +310,18 @@ def _validate_other_profiles(
 # -- secret files -----------------------------------------------------------------
 
 
-def _apply_password_files(merged: Merged, found: _Collector) -> None:
-    """Put each ``password_file``'s content into its database's URL.
+def _apply_password_files(merged: Merged, found: _Collector) -> set[str]:
+    """Put each ``password_file``'s content into its database's URL; the names whose URL kept its own.
 
     It beats a password written in the file's URL; a URL that came from a
     higher source (the environment, overrides) with its own password keeps it.
+    The file is read here to report a missing or unreadable one at load, and
+    again for every new connection (`dbregistry._credentials`).
     """
+    own: set[str] = set()
     databases = merged.data.get("databases")
     if not isinstance(databases, dict):
-        return
+        return own
     for name, entry in databases.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("password_file"), str | os.PathLike):
             continue
@@ -340,8 +347,10 @@ def _apply_password_files(merged: Merged, found: _Collector) -> None:
             continue
         url_origin = merged.origin(("databases", name, "url"))
         if url.password is not None and url_origin.precedence > Precedence.SECRET_FILE:
+            own.add(name)
             continue
         merged.set(("databases", name, "url"), url.set(password=password))
+    return own
 
 
 # -- validation -------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any, Final
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, ExceptionContext
 
-__all__ = ["FAILOVER_WINDOW", "install", "is_demotion", "not_writable", "parameter_status"]
+__all__ = ["FAILOVER_WINDOW", "answered_by", "install", "is_demotion", "not_writable", "parameter_status"]
 
 READ_ONLY_SQL_TRANSACTION: Final = "25006"
 CANNOT_CONNECT_NOW: Final = "57P03"
@@ -78,6 +78,28 @@ def not_writable(dbapi_connection: Any) -> bool | None:
     if standby is None or read_only is None:
         return None
     return standby == "on" or read_only == "on"
+
+
+def answered_by(dbapi_connection: Any) -> tuple[str | None, str | None]:
+    """``host:port`` of the server this connection reached and its role (``primary``/``standby``), where known.
+
+    Read from the driver (psycopg's ``info.host``/``info.port``, asyncpg's address)
+    and from the ``in_hot_standby`` parameter status (PostgreSQL 14+): no round trip.
+    """
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    host: str | None = None
+    info = getattr(driver, "info", None)
+    if info is not None and hasattr(info, "host"):
+        host = f"{info.host}:{info.port}"
+    else:
+        address = getattr(driver, "_addr", None)  # asyncpg keeps the address it connected to here
+        if isinstance(address, tuple) and len(address) == 2:
+            host = f"{address[0]}:{address[1]}"
+        elif isinstance(address, str):
+            host = address
+    standby = parameter_status(dbapi_connection, "in_hot_standby")
+    role = None if standby is None else ("standby" if standby == "on" else "primary")
+    return host, role
 
 
 def install(engine: Engine, *, several_hosts: bool, pre_ping: bool) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL, Engine
 from . import _credentials, _failover
 from ._connect import driver_connect_args
 from ._errors import ConfigError, Problem
-from ._hosts import hosts_of, session_attrs_default, with_hosts
+from ._hosts import hosts_of, load_balanced, session_attrs_default, shuffle_hosts, with_hosts
 from ._poolers import detect as detect_pooler
 from ._poolers import driver_settings
 from ._pools import pool_class_for
@@ -117,11 +117,12 @@ def several_hosts_for_both_drivers(spec: EngineSpec, db: DatabaseConfig, is_asyn
 
 def _install_listeners(engine: Engine, name: str, db: DatabaseConfig, spec: EngineSpec) -> None:
     """Per-connection passwords first (``do_connect`` listeners run in order), then failover."""
-    _credentials.install(
-        engine, name, db, db.direct_url if spec.direct and db.direct_url else db.url, direct=spec.direct
-    )
+    declared = db.direct_url if spec.direct and db.direct_url else db.url
+    _credentials.install(engine, name, db, declared, direct=spec.direct)
+    several = spec.url.get_backend_name() == "postgresql" and len(hosts_of(spec.url)) > 1
+    if several and engine.dialect.driver == "asyncpg" and load_balanced(declared, db.connect_args):
+        event.listen(engine, "do_connect", shuffle_hosts)
     if db.replica_of is None and spec.url.get_backend_name() == "postgresql":
-        several = len(hosts_of(spec.url)) > 1
         _failover.install(engine, several_hosts=several, pre_ping=bool(db.pool_pre_ping))
 
 

@@ -10,6 +10,7 @@ gets libpq's ``host=h1,h2 port=p1,p2``, asyncpg its host and port lists.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ __all__ = [
     "host_findings",
     "hosts_of",
     "libpq_host_list_to_query",
+    "load_balanced",
     "parse_host",
     "session_attrs_default",
+    "shuffle_hosts",
     "with_hosts",
 ]
 
@@ -188,3 +191,21 @@ def host_findings(url: URL, hosts: list[str] | None, *, url_field: str = "url") 
             parse_host(name)
         except ValueError as e:
             yield url_field, f"lists {len(names)} hosts in ?host=; host {position} {e}"
+
+
+def load_balanced(url: URL, connect_args: dict[str, Any] | None) -> bool:
+    """Whether libpq's ``load_balance_hosts=random`` is declared (the URL's query or ``connect_args``)."""
+    value = (connect_args or {}).get("load_balance_hosts", url.query.get("load_balance_hosts"))
+    return value == "random"
+
+
+def shuffle_hosts(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    """A ``do_connect`` listener: asyncpg's host and port lists in a new random order, kept in pairs.
+
+    libpq (psycopg) does this itself for ``load_balance_hosts=random``; asyncpg has no such setting.
+    """
+    hosts, ports = cparams.get("host"), cparams.get("port")
+    if isinstance(hosts, list) and isinstance(ports, list) and len(hosts) == len(ports):
+        pairs = list(zip(hosts, ports, strict=True))
+        random.shuffle(pairs)
+        cparams["host"], cparams["port"] = [h for h, _ in pairs], [p for _, p in pairs]

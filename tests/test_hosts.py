@@ -11,13 +11,13 @@ from urllib.parse import quote
 
 import pytest
 from servers import PostgresServer, free_port
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from dbregistry import ConfigError, Registry
 from dbregistry._cli import main
 from dbregistry._engines import engine_spec
-from dbregistry._hosts import HostPort, hosts_of, libpq_host_list_to_query, parse_host
+from dbregistry._hosts import HostPort, hosts_of, libpq_host_list_to_query, parse_host, shuffle_hosts
 from dbregistry._schema import DatabaseConfig
 
 
@@ -129,6 +129,35 @@ class TestDrivers:
         url, args = spec_of(True, url="postgresql://u:pw@/db", hosts=["h1:5433"])
         assert url == "postgresql+asyncpg://u:***@h1:5433/db"
         assert args == {}
+
+
+class TestLoadBalancing:
+    def test_asyncpg_gets_the_host_list_shuffled_per_connection(self) -> None:
+        registry = Registry.from_dict(
+            {"databases": {"main": {"url": "postgresql://u:pw@h1,h2,h3/db?load_balance_hosts=random"}}}, environ={}
+        )
+        assert event.contains(registry.get_async().sync_engine, "do_connect", shuffle_hosts)
+        assert not event.contains(registry.get(), "do_connect", shuffle_hosts)  # libpq does it itself
+        url, _args = spec_of(False, url="postgresql://u:pw@h1,h2,h3/db?load_balance_hosts=random")
+        assert "load_balance_hosts=random" in url
+        registry.close()
+
+    def test_hosts_and_ports_move_in_pairs(self) -> None:
+        orders = set()
+        for _ in range(200):
+            cparams: dict[str, Any] = {"host": ["h1", "h2", "h3"], "port": [1, 2, 3]}
+            shuffle_hosts(None, None, [], cparams)
+            assert [int(h[1]) for h in cparams["host"]] == cparams["port"]
+            orders.add(tuple(cparams["host"]))
+        assert len(orders) > 1
+
+    def test_an_unknown_value(self, tmp_path: Path) -> None:
+        problems = problems_of(
+            tmp_path, "databases:\n  main:\n    url: postgresql://u:pw@h1,h2/db?load_balance_hosts=yes\n"
+        )
+        assert problems == [
+            f"{tmp_path / 'databases.yaml'}:3  databases.main.url: must be disable or random, got 'yes'"
+        ]
 
 
 class TestProblems:

@@ -120,6 +120,22 @@ class TestPasswordFile:
         assert "third-Pw-3" not in str(info.value)
         registry.close()
 
+    def test_a_url_from_the_environment_with_a_password_keeps_it(self, server: PostgresServer, tmp_path: Path) -> None:
+        secret = tmp_path / "db-password"
+        set_password(server, "env-Pw-8")
+        secret.write_text("env-Pw-8")
+        path = tmp_path / "databases.yaml"
+        path.write_text(
+            f"databases:\n  main:\n    url: postgresql://app@{server.host}:{server.port}/app\n"
+            f"    password_file: {secret}\n    pool_class: NullPool\n"
+        )
+        environ = {"DBREGISTRY_DATABASES__MAIN__URL": f"postgresql://app:wrong-pw@{server.host}:{server.port}/app"}
+        registry = Registry.from_yaml(path, environ=environ)
+        assert not registry["main"].password_file_applies
+        with pytest.raises(Exception, match="password authentication failed"):
+            port_sync(registry)
+        registry.close()
+
     def test_a_direct_url_with_its_own_password_keeps_it(self, server: PostgresServer, tmp_path: Path) -> None:
         secret = tmp_path / "db-password"
         set_password(server, "fourth-Pw-4")

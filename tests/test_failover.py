@@ -297,6 +297,15 @@ def test_a_read_only_transaction_keeps_its_connection(pg: PostgresServer, tmp_pa
         assert not conn.invalidated
         conn.rollback()
         assert conn.scalar(text("SELECT pg_backend_pid()")) == pid
+    with registry.get().connect() as conn:
+        # The user's own read-only transaction on a server that reports itself writable.
+        pid = conn.scalar(text("SELECT pg_backend_pid()"))
+        conn.execute(text("SET TRANSACTION READ ONLY"))
+        with pytest.raises(sqlalchemy.exc.InternalError):
+            conn.execute(text("INSERT INTO demoted VALUES (1)"))
+        assert not conn.invalidated
+        conn.rollback()
+        assert conn.scalar(text("SELECT pg_backend_pid()")) == pid
     with registry.session(read_only=True) as session:
         pid = session.scalar(text("SELECT pg_backend_pid()"))
         with pytest.raises(sqlalchemy.exc.InternalError):

@@ -127,9 +127,10 @@ def _from_provider(name: str, dotted: str, url: URL, *, is_async: bool) -> Calla
         except CredentialsError:
             raise
         except Exception as e:
+            # Not chained: the provider's own message may quote the secret it failed to fetch.
             raise CredentialsError(
                 f"database {name!r}: the password provider {dotted} raised {type(e).__name__}"
-            ) from e
+            ) from None
         if not isinstance(result, str) or not result:
             kind = "an empty string" if result == "" else type(result).__name__
             raise CredentialsError(f"database {name!r}: the password provider {dotted} returned {kind}, not a password")

@@ -224,6 +224,22 @@ class TestPasswordProvider:
         assert len(module.calls) == 4
         registry.close()
 
+    def test_a_sync_engine_used_inside_a_running_loop_runs_an_async_provider_in_a_thread(
+        self, server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        set_password(server, "token-Pw-9")
+        module = provider_module(tmp_path, monkeypatch, "tokens_thread", "token-Pw-9")
+        registry = registry_with(tmp_path, server, password_provider="tokens_thread:async_token")
+
+        async def run() -> asyncio.AbstractEventLoop:
+            assert port_sync(registry) == server.port  # blocking, from a coroutine: the loop is running
+            return asyncio.get_running_loop()
+
+        loop = asyncio.run(run())
+        assert len(module.calls) == 1
+        assert module.calls[0][2] is not loop
+        registry.close()
+
     def test_a_pool_calls_it_only_for_new_connections(
         self, server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -263,6 +279,7 @@ class TestPasswordProvider:
             port_sync(registry)
         assert str(info.value) == message.format(module=module)
         assert "Sq1-secret" not in str(info.value)
+        assert info.value.__cause__ is None  # the provider's message may quote the secret
         registry.close()
 
 

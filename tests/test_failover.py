@@ -234,10 +234,11 @@ def test_a_demoted_primary_fails_each_connection_at_most_once(
     assert outcomes[-WRITERS:] == [pg.port] * WRITERS
 
 
+@pytest.mark.parametrize("pre_ping", [False, True])
 def test_async_a_demoted_primary_fails_each_connection_at_most_once(
-    demoted: PostgresServer, pg: PostgresServer, tmp_path: Path
+    demoted: PostgresServer, pg: PostgresServer, tmp_path: Path, pre_ping: bool
 ) -> None:
-    registry = Registry.from_yaml(writer_yaml(tmp_path, [demoted, pg]), environ={})
+    registry = Registry.from_yaml(writer_yaml(tmp_path, [demoted, pg], pool_pre_ping=pre_ping), environ={})
 
     async def scenario() -> list[int | str]:
         engine = registry.get_async()
@@ -262,7 +263,7 @@ def test_async_a_demoted_primary_fails_each_connection_at_most_once(
         outcomes = asyncio.run(scenario())
     finally:
         _read_only(demoted, False)
-    assert len([o for o in outcomes if o == "25006"]) <= WRITERS, outcomes
+    assert len([o for o in outcomes if o == "25006"]) <= (0 if pre_ping else WRITERS), outcomes
     assert outcomes[-WRITERS:] == [pg.port] * WRITERS
 
 

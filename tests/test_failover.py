@@ -35,7 +35,9 @@ def promote(standby: ReplicaServer) -> None:
     _run([str(PG_BINDIR / "pg_ctl"), "promote", "-D", str(standby.data_dir), "-w", "-t", "30", "-s"], timeout=60)
 
 
-def writer_yaml(tmp_path: Path, servers: list[PostgresServer | ReplicaServer], **options: Any) -> Path:
+def writer_yaml(
+    tmp_path: Path, servers: list[PostgresServer | ReplicaServer], connect_timeout: int = 10, **options: Any
+) -> Path:
     first = servers[0]
     hosts = ", ".join(f"{s.host}:{s.port}" for s in servers)
     extra = "".join(f"    {key}: {value}\n" for key, value in options.items())
@@ -45,7 +47,7 @@ def writer_yaml(tmp_path: Path, servers: list[PostgresServer | ReplicaServer], *
         f"    url: postgresql://{first.user}:{quote(first.password, safe='')}@/{first.database}\n"
         f"    hosts: [{hosts}]\n"
         f"    pool_size: {WRITERS}\n"
-        "    connect_args: {connect_timeout: 10}\n" + extra
+        f"    connect_args: {{connect_timeout: {connect_timeout}}}\n" + extra
     )
     return path
 
@@ -175,6 +177,40 @@ def test_async_writes_resume_on_the_promoted_standby(
 
     started, open_connections = asyncio.run(scenario())
     _check(outcome, standby, started, open_connections)
+    registry.close()
+
+
+def test_a_new_connection_waits_for_the_promotion_within_its_connect_timeout(
+    pair: tuple[PostgresServer, ReplicaServer], tmp_path: Path
+) -> None:
+    primary, standby = pair
+    primary.stop()
+    registry = Registry.from_yaml(writer_yaml(tmp_path, [primary, standby], connect_timeout=3), environ={})
+    # No writable host at all: bounded by the connect timeout, then the driver's error.
+    started = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        registry.get().connect()
+    assert 2.5 <= time.monotonic() - started < 30
+
+    async def async_attempt() -> float:
+        started = time.monotonic()
+        # SQLAlchemy's asyncpg dialect lets asyncpg's own errors through at connect (OSError here).
+        with pytest.raises((sqlalchemy.exc.DBAPIError, OSError)):
+            await registry.get_async().connect()
+        elapsed = time.monotonic() - started
+        await registry.get_async().dispose()
+        return elapsed
+
+    assert 2.5 <= asyncio.run(async_attempt()) < 30
+    # The standby is promoted while a connection waits: it gets the new primary instead of failing.
+    promoter = threading.Timer(1.0, promote, args=(standby,))
+    promoter.start()
+    try:
+        with registry.get().connect() as conn:
+            assert conn.scalar(text("SELECT inet_server_port()")) == standby.port
+            assert conn.scalar(text("SELECT pg_is_in_recovery()")) is False
+    finally:
+        promoter.join(60)
     registry.close()
 
 

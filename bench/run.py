@@ -40,6 +40,7 @@ from bench.common import (
     FigureResult,
     PostgresUnavailableError,
 )
+from bench.failover import figure_12, figure_13
 from bench.health import figure_10
 from bench.metrics import figure_11
 from bench.micro import figure_1, figure_2, figure_3
@@ -93,6 +94,22 @@ FIGURES: dict[int, Figure] = {
             "uninstrumented engine",
             ">= 0.97x",
             figure_11,
+            needs_postgres=True,
+        ),
+        Figure(
+            12,
+            "failover: primary stop to first write on the promoted standby",
+            "(absolute)",
+            "<= 10 s",
+            figure_12,
+            needs_postgres=True,
+        ),
+        Figure(
+            13,
+            "pool_pre_ping with the writability check, two hosts",
+            "plain pool_pre_ping",
+            "<= 1.1x",
+            figure_13,
             needs_postgres=True,
         ),
     )

@@ -8,6 +8,7 @@
 from ._errors import (
     CloseError,
     ConfigError,
+    CredentialsError,
     DBRegistryError,
     EventLoopError,
     Problem,
@@ -24,6 +25,7 @@ from ._yamlfile import Limits
 __all__ = [
     "CloseError",
     "ConfigError",
+    "CredentialsError",
     "DBRegistryError",
     "DatabaseConfig",
     "EventLoopError",

@@ -44,6 +44,7 @@ from ._connect import describe_tls, driver_name
 from ._engines import engine_spec
 from ._errors import CloseError, ConfigError, unknown_name_message
 from ._health import HealthReport
+from ._hosts import hosts_of
 from ._migrate import migration_url, write_alembic_project
 from ._poolers import detect as detect_pooler
 from ._pools import POOL_NAMES, accepted_options
@@ -227,6 +228,9 @@ def effective_fields(registry: Registry, name: str) -> list[dict[str, Any]]:
         elif field == "pooler":
             found = detect_pooler(db)
             value, label = found.mode, (f"detected: {found.reason}" if found.mode != "none" else "default")
+        elif field == "hosts":
+            # Every host the URL names (libpq's list and ?host= read alike), the form `hosts:` takes.
+            value, label = [str(h) for h in hosts_of(db.url)] or None, "url"
         elif field in _QUEUE_ONLY and field not in accepted_options(pool_class):
             value, label = None, f"not used by {pool_class}"
         else:
@@ -429,6 +433,11 @@ def cmd_check(args: argparse.Namespace, style: Style) -> int:
         if replicas:
             headers += ["recovery", "lag"]
         rows = [_check_row(registry, name, report, name in allowed, replicas) for name, report in reports.items()]
+        if any(len(hosts_of(registry[name].url, registry[name].hosts)) > 1 for name in reports):
+            # Several hosts: which one answered, and whether it is the primary.
+            headers.append("answered")
+            for row, report in zip(rows, reports.values(), strict=True):
+                row.append(f"{report.host} ({report.role or '?'})" if report.host else "-")
         print(render_table(headers, rows, style))
         errors = [(name, r.error) for name, r in reports.items() if r.error]
         if unborn:

@@ -528,6 +528,13 @@ def _dbname(value: Any, target: _Target, server_settings: dict[str, str]) -> Non
     target.args.setdefault("database", value)
 
 
+@_libpq_word("load_balance_hosts")
+def _load_balance_hosts(value: Any, target: _Target, server_settings: dict[str, str]) -> None:
+    # asyncpg has no such keyword: dbregistry shuffles its host list per connection (`dbregistry._hosts`).
+    if value not in ("disable", "random"):
+        target.refuse("load_balance_hosts", f"must be disable or random, got {value!r}")
+
+
 @_libpq_word("sslnegotiation")
 def _sslnegotiation(value: Any, target: _Target, server_settings: dict[str, str]) -> None:
     if value == "direct":

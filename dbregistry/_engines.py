@@ -21,8 +21,10 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 
+from . import _credentials, _failover
 from ._connect import driver_connect_args
 from ._errors import ConfigError, Problem
+from ._hosts import hosts_of, load_balanced, session_attrs_default, shuffle_hosts, with_hosts
 from ._poolers import detect as detect_pooler
 from ._poolers import driver_settings
 from ._pools import pool_class_for
@@ -95,6 +97,36 @@ def no_prepared_statements_behind_a_transaction_pooler(spec: EngineSpec, db: Dat
 
 
 @quirk
+def several_hosts_for_both_drivers(spec: EngineSpec, db: DatabaseConfig, is_async: bool) -> None:
+    """Every host in SQLAlchemy's ``?host=h:p`` form (its dialects translate it per driver), and a writer's default.
+
+    A ``hosts:`` field applies to ``url`` (a ``direct_url`` names its own host).
+    Several hosts without ``target_session_attrs`` get `session_attrs_default`.
+    """
+    if spec.url.get_backend_name() != "postgresql":
+        return
+    hosts = hosts_of(spec.url, None if spec.direct else db.hosts)
+    if len(hosts) < 2:
+        if db.hosts and hosts and not spec.direct:
+            spec.url = spec.url.set(host=hosts[0].host, port=hosts[0].port)
+        return
+    spec.url = with_hosts(spec.url, hosts)
+    if "target_session_attrs" not in spec.url.query and "target_session_attrs" not in spec.connect_args:
+        spec.connect_args["target_session_attrs"] = session_attrs_default(replica=db.replica_of is not None)
+
+
+def _install_listeners(engine: Engine, name: str, db: DatabaseConfig, spec: EngineSpec) -> None:
+    """Per-connection passwords first (``do_connect`` listeners run in order), then failover."""
+    declared = db.direct_url if spec.direct and db.direct_url else db.url
+    _credentials.install(engine, name, db, declared, direct=spec.direct)
+    several = spec.url.get_backend_name() == "postgresql" and len(hosts_of(spec.url)) > 1
+    if several and engine.dialect.driver == "asyncpg" and load_balanced(declared, db.connect_args):
+        event.listen(engine, "do_connect", shuffle_hosts)
+    if db.replica_of is None and spec.url.get_backend_name() == "postgresql":
+        _failover.install(engine, several_hosts=several, pre_ping=bool(db.pool_pre_ping))
+
+
+@quirk
 def shared_memory_sqlite_across_threads(spec: EngineSpec, db: DatabaseConfig, is_async: bool) -> None:
     """One in-memory SQLite connection served to every thread needs ``check_same_thread=False``."""
     if not is_async and db.pool_class == "StaticPool" and is_sqlite_memory(db.url):
@@ -120,9 +152,11 @@ def build_sync_engine(name: str, db: DatabaseConfig, origin: Origin, *, url: URL
     """``create_engine`` for one declared database."""
     spec = _spec_or_error(name, db, origin, is_async=False, url=url)
     try:
-        return sqlalchemy.create_engine(spec.url, **spec.kwargs)
+        engine = sqlalchemy.create_engine(spec.url, **spec.kwargs)
     except Exception as e:
         raise _build_error(name, origin, e, spec.url) from None
+    _install_listeners(engine, name, db, spec)
+    return engine
 
 
 def build_async_engine(name: str, db: DatabaseConfig, origin: Origin, *, url: URL | None = None) -> AsyncEngine:
@@ -138,6 +172,7 @@ def build_async_engine(name: str, db: DatabaseConfig, origin: Origin, *, url: UR
     except Exception as e:
         raise _build_error(name, origin, e, spec.url) from None
     sync_engine = engine.sync_engine
+    _install_listeners(sync_engine, name, db, spec)
 
     def remember_loop(dbapi_connection: Any, record: Any) -> None:
         _LOOPS[sync_engine] = weakref.ref(asyncio.get_running_loop())

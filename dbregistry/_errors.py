@@ -7,6 +7,7 @@ The hierarchy::
     ├── UnknownDatabaseError (KeyError)  a name that was not declared
     ├── RegistryClosedError (RuntimeError)  the registry was closed
     ├── EventLoopError (RuntimeError)    an async engine's connections belong to another event loop
+    ├── CredentialsError (RuntimeError)  a new connection's password_file or password_provider failed
     └── CloseError (ExceptionGroup)      disposing some engines failed; all were attempted
 
 No message built here ever contains a password: values are described, URLs are
@@ -28,6 +29,7 @@ from ._secrets import shown_name
 __all__ = [
     "CloseError",
     "ConfigError",
+    "CredentialsError",
     "DBRegistryError",
     "EventLoopError",
     "Problem",
@@ -154,6 +156,14 @@ class RegistryClosedError(DBRegistryError, RuntimeError):
 
 class EventLoopError(DBRegistryError, RuntimeError):
     """An async engine holds connections of another event loop; the message says which and what to do."""
+
+
+class CredentialsError(DBRegistryError, RuntimeError):
+    """A new connection's password could not be had: its ``password_file`` or ``password_provider`` failed.
+
+    The message names the database and the file or the provider, never a password;
+    the connections already open keep working.
+    """
 
 
 class CloseError(DBRegistryError, ExceptionGroup[Exception]):

@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ._errors import RegistryClosedError
+from ._failover import answered_by
 from ._secrets import describe_error, secrets_of
 from ._waits import check_seconds
 
@@ -122,6 +123,9 @@ class HealthReport:
     server_version: str | None
     in_recovery: bool | None
     replay_lag_s: float | None
+    # The server that answered (host:port) and its role (primary/standby): PostgreSQL, where the driver says.
+    host: str | None = None
+    role: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -138,6 +142,8 @@ class HealthReport:
             "server_version": self.server_version,
             "in_recovery": self.in_recovery,
             "replay_lag_s": self.replay_lag_s,
+            "host": self.host,
+            "role": self.role,
         }
 
 
@@ -250,6 +256,8 @@ class _Answer:
     server_version: str | None
     in_recovery: bool | None = None
     replay_lag_s: float | None = None
+    host: str | None = None
+    role: str | None = None
 
 
 def _probe(conn: Connection, replica: bool, timeout: float) -> _Answer:
@@ -260,10 +268,11 @@ def _probe(conn: Connection, replica: bool, timeout: float) -> _Answer:
     conn.execute(select(literal_column("1"))).scalar()
     info = conn.dialect.server_version_info
     version = ".".join(str(part) for part in info) if info else None
-    answer = _Answer(version)
+    host, role = answered_by(conn.connection.dbapi_connection) if postgres else (None, None)
+    answer = _Answer(version, host=host, role=role)
     if replica and postgres:
         in_recovery, lag = conn.exec_driver_sql(_REPLICA_SQL).one()
-        answer = _Answer(version, bool(in_recovery), float(lag) if lag is not None else None)
+        answer = _Answer(version, bool(in_recovery), float(lag) if lag is not None else None, host, role)
     conn.rollback()
     return answer
 
@@ -303,7 +312,17 @@ async def _ping_async(engine: AsyncEngine, replica: bool, timeout: float) -> _An
 
 def _up(answer: _Answer, started: float, pool: PoolStats | None) -> HealthReport:
     latency = round((time.monotonic() - started) * 1000, 3)
-    return HealthReport("up", latency, None, pool, answer.server_version, answer.in_recovery, answer.replay_lag_s)
+    return HealthReport(
+        "up",
+        latency,
+        None,
+        pool,
+        answer.server_version,
+        answer.in_recovery,
+        answer.replay_lag_s,
+        answer.host,
+        answer.role,
+    )
 
 
 def _failed(error: BaseException, secrets: Iterable[str], pool: PoolStats | None) -> HealthReport:

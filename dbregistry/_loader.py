@@ -157,8 +157,12 @@ def load_config(
         for path, message in layer.problems:
             found.add(path, message, layer.origin_of(path))
     merged = merge(layers)
-    _apply_password_files(merged, found)
+    own_passwords = _apply_password_files(merged, found)
     config = _validate(merged, found, document is not None, _fallbacks(written, selected, variables, merged))
+    if config is not None:
+        for name, url_field in own_passwords:
+            # Connections read password_file again (dbregistry._credentials): not for a URL whose own password won.
+            config.databases[name]._password_file_skips.add(url_field)
     if document is not None:
         _validate_other_profiles(document, selected, variables, found, budget)
     if found.problems or config is None:
@@ -324,17 +328,21 @@ def _validate_other_profiles(
 # -- secret files -----------------------------------------------------------------
 
 
-def _apply_password_files(merged: Merged, found: _Collector) -> None:
+def _apply_password_files(merged: Merged, found: _Collector) -> set[tuple[str, str]]:
     """Put each ``password_file``'s content into its database's ``url`` and ``direct_url``.
 
     It beats a password written in the file's URL; a URL that came from a
-    higher source (the environment, overrides) with its own password keeps it.
-    A relative path is relative to the folder of the YAML file that declared
-    it; one from the environment or code, to the working directory.
+    higher source (the environment, overrides) with its own password keeps it:
+    those (name, field) pairs are returned. A relative path is relative to the
+    folder of the YAML file that declared it (and is stored resolved); one from
+    the environment or code, to the working directory. The file is read here
+    to report a missing or unreadable one at load, and again for every new
+    connection (`dbregistry._credentials`).
     """
+    own: set[tuple[str, str]] = set()
     databases = merged.data.get("databases")
     if not isinstance(databases, dict):
-        return
+        return own
     for name, entry in databases.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("password_file"), str | os.PathLike):
             continue
@@ -353,23 +361,31 @@ def _apply_password_files(merged: Merged, found: _Collector) -> None:
             shown = secret_path.replace("\x00", "\\x00")
             found.add(path, f"password file {shown} {what}", origin)
             continue
+        if origin.file is not None and secret_path != entry["password_file"]:
+            merged.set(
+                ("databases", name, "password_file"), secret_path
+            )  # connections read it again, from any working directory
         for url_field in ("url", "direct_url"):
-            _set_password(merged, name, url_field, password)
+            if _set_password(merged, name, url_field, password):
+                own.add((name, url_field))
+    return own
 
 
-def _set_password(merged: Merged, name: str, url_field: str, password: str) -> None:
+def _set_password(merged: Merged, name: str, url_field: str, password: str) -> bool:
+    """Whether the URL at ``url_field`` keeps its own password (it came from a higher source)."""
     entry = merged.data["databases"][name]
     raw_url = entry.get(url_field)
     try:
         url = parse_url(raw_url) if isinstance(raw_url, str) else raw_url
     except ValueError:
-        return  # validation reports the URL itself
+        return False  # validation reports the URL itself
     if not isinstance(url, URL):
-        return
+        return False
     url_origin = merged.origin(("databases", name, url_field))
     if url.password is not None and url_origin.precedence > Precedence.SECRET_FILE:
-        return
+        return True
     merged.set(("databases", name, url_field), url.set(password=password))
+    return False
 
 
 # -- validation -------------------------------------------------------------------

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from ._connect import missing_files, refusals
+from ._credentials import provider_findings
 from ._errors import unknown_name_message
+from ._hosts import host_findings
 from ._poolers import detect as detect_pooler
 from ._poolers import forbidden_settings
 from ._pools import QUEUE_OPTIONS, accepted_options, why_not
@@ -154,6 +156,18 @@ def connection_settings_reach_every_driver(name: str, db: DatabaseConfig, _: Dec
             if (refusal.field, refusal.message) not in seen:
                 seen.add((refusal.field, refusal.message))
                 yield refusal.field, refusal.message
+
+
+@rule
+def host_lists_are_readable(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
+    yield from host_findings(db.url, db.hosts)
+    if db.direct_url is not None:
+        yield from host_findings(db.direct_url, None, url_field="direct_url")
+
+
+@local_rule
+def password_provider_is_importable(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
+    yield from provider_findings(db)
 
 
 @local_rule

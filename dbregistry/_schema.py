@@ -7,6 +7,7 @@ keeps SQLAlchemy's default for the dialect (options are forwarded with
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -16,12 +17,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 from sqlalchemy.engine import URL
 
+from ._hosts import parse_host
 from ._pools import PoolName, normalize_pool_name
 from ._secrets import mask_mapping, normalize_url
 from ._urls import mask, parse_url
@@ -68,6 +71,26 @@ DatabaseURL = Annotated[
     WithJsonSchema({"type": "string", "format": "uri", "description": "dialect[+driver]://user:password@host:port/db"}),
 ]
 PoolClassName = Annotated[PoolName, BeforeValidator(_to_pool_name)]
+
+
+def _to_host(value: Any) -> Any:
+    try:
+        parse_host(value)
+    except ValueError as e:
+        raise PydanticCustomError("host", str(e)) from None
+    return value.strip()
+
+
+def _to_provider(value: Any) -> Any:
+    if isinstance(value, str) and not _PROVIDER.match(value):
+        raise PydanticCustomError(
+            "password_provider", "must be package.module:function (a dotted module path, ':', the function's name)"
+        )
+    return value
+
+
+HostText = Annotated[str, BeforeValidator(_to_host)]
+_PROVIDER: Final = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 EchoFlag = bool | Literal["debug"]
 
 ISOLATION_LEVELS: Final = ("AUTOCOMMIT", "READ COMMITTED", "READ UNCOMMITTED", "REPEATABLE READ", "SERIALIZABLE")
@@ -137,6 +160,14 @@ class DatabaseConfig(BaseModel):
     password_file: Path | None = Field(
         default=None, description="file holding the password (a Docker or Kubernetes secret)"
     )
+    password_provider: str | None = Field(
+        default=None,
+        description="package.module:function called for the password of every new connection (name=, url=)",
+    )
+    hosts: list[HostText] | None = Field(
+        default=None,
+        description="host:port of every server, tried in order, beside a URL without a host (postgresql://u@/db)",
+    )
     pooler: Literal["pgbouncer-transaction", "pgbouncer-session", "none"] | None = Field(
         default=None,
         description="the external pooler in front of the server; detected for Neon -pooler hosts when unset",
@@ -161,6 +192,18 @@ class DatabaseConfig(BaseModel):
     session: SessionConfig | None = Field(
         default=None, description="defaults for this database's ORM sessions; beats the top-level `session:`"
     )
+
+    # The URL fields whose own password, from a higher source, beats password_file (the loader decides).
+    _password_file_skips: set[str] = PrivateAttr(default_factory=set)
+
+    def password_file_applies(self, url_field: str = "url") -> bool:
+        """Whether ``password_file`` supplies the password of ``url`` or ``direct_url`` (see `dbregistry._loader`)."""
+        return self.password_file is not None and url_field not in self._password_file_skips
+
+    @field_validator("password_provider", mode="before")
+    @classmethod
+    def _password_provider(cls, value: Any) -> Any:
+        return _to_provider(value)
 
     @field_validator("isolation_level", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from typing import Final
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from ._hosts import libpq_host_list_to_query
 from ._secrets import check_url_text, normalize_url
 from ._secrets import mask_url as mask
 
@@ -42,6 +43,8 @@ def parse_url(text: str) -> URL:
     text = text.strip()
     if not text:
         raise ValueError("is empty; expected a URL such as postgresql://user:password@host/db")
+    # libpq's h1:p1,h2:p2 host list, which SQLAlchemy cannot read, in SQLAlchemy's ?host= form.
+    text = libpq_host_list_to_query(text)
     try:
         url = make_url(text)
     except (ArgumentError, ValueError, TypeError):

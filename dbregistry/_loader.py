@@ -331,9 +331,9 @@ def _validate_other_profiles(
 def _apply_password_files(merged: Merged, found: _Collector) -> set[tuple[str, str]]:
     """Put each ``password_file``'s content into its database's ``url`` and ``direct_url``.
 
-    It beats a password written in the file's URL; a URL that came from a
-    higher source (the environment, overrides) with its own password keeps it:
-    those (name, field) pairs are returned. A relative path is relative to the
+    It beats a password written in the file's ``url``; a ``url`` that came from a
+    higher source (the environment, overrides) with its own password keeps it, and
+    so does a ``direct_url`` with its own password: those (name, field) pairs are returned. A relative path is relative to the
     folder of the YAML file that declared it (and is stored resolved); one from
     the environment or code, to the working directory. The file is read here
     to report a missing or unreadable one at load, and again for every new
@@ -382,7 +382,9 @@ def _set_password(merged: Merged, name: str, url_field: str, password: str) -> b
     if not isinstance(url, URL):
         return False
     url_origin = merged.origin(("databases", name, url_field))
-    if url.password is not None and url_origin.precedence > Precedence.SECRET_FILE:
+    # A direct_url is a second address that may carry credentials of its own (a migration
+    # role, a provider's direct endpoint): its own password always wins.
+    if url.password is not None and (url_field == "direct_url" or url_origin.precedence > Precedence.SECRET_FILE):
         return True
     merged.set(("databases", name, url_field), url.set(password=password))
     return False

@@ -750,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_usage(sys.stderr)
-        print("dbregistry: error: name a command: validate, show, check, budget or schema", file=sys.stderr)
+        print("dbregistry: error: name a command: validate, show, check, budget, schema or alembic", file=sys.stderr)
         return EXIT_USAGE
     try:
         return handler(args, Style.for_stream(sys.stdout) if not args.json else Style(False))

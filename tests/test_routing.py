@@ -56,7 +56,7 @@ def routing_records(caplog: pytest.LogCaptureFixture, level: int | None = None) 
     return [r for r in caplog.records if r.name == "dbregistry.routing" and (level is None or r.levelno == level)]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -232,10 +232,25 @@ class TestRoutes:
         with pytest.raises(ValueError, match="lag_check_interval must be"):
             registry.configure_routing(lag_check_interval=-1)
         registry.configure_routing(backoff=2.5, lag_check_interval=None)
-        assert registry._router.backoff == 2.5
-        assert registry._router.lag_check_interval is None
-        registry.configure_routing(backoff=3)
-        assert registry._router.lag_check_interval is None  # left as it was
+        registry.configure_routing(backoff=3)  # lag_check_interval is left as it was: no error
+        registry.close()
+
+    def test_configure_routing_sets_the_back_off_a_down_replica_waits(self, tmp_path: Path) -> None:
+        registry = pair(tmp_path, sqlite_url(tmp_path / "missing" / "replica.db"))
+        registry.configure_routing(backoff=25)
+        fail_once(registry.reader("primary"))
+        retry_in = registry.replica_status()["replica"].retry_in
+        assert retry_in is not None
+        assert 5 < retry_in <= 25  # 25 s, counting down since the failure; the default would be 30
+        registry.configure_routing(backoff=60)  # waits under way are shortened, never lengthened
+        later = registry.replica_status()["replica"].retry_in
+        assert later is not None
+        assert later <= retry_in
+        registry.configure_routing(backoff=2)
+        shortened = registry.replica_status()["replica"].retry_in
+        assert shortened is not None
+        assert shortened <= 2
+        registry.close()
 
 
 class TestHealth:
@@ -260,7 +275,7 @@ class TestHealth:
         assert not status.up
         assert status.reason == "OperationalError: unable to open database file"
         assert status.retry_in is not None
-        assert 29 < status.retry_in <= 30
+        assert 10 < status.retry_in <= 30  # the default back-off, counting down since the failure (20 s to spare)
         registry.close()
 
     def test_a_replica_engine_taken_with_get_is_watched_too(self, tmp_path: Path) -> None:
@@ -328,10 +343,12 @@ class TestHealth:
         registry = pair(tmp_path, sqlite_url(tmp_path / "missing" / "replica.db"))
         registry.configure_routing(backoff=0.05)
         fail_once(registry.reader("primary"))
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline:  # several back-offs: each one probed, in the background
+
+        def probed_twice() -> bool:  # several back-offs, each ending in a probe in the background
             assert registry.reader("primary") is registry.get("primary")
-            time.sleep(0.005)
+            return len([r for r in routing_records(caplog) if r.levelno == logging.DEBUG]) >= 2
+
+        assert wait_until(probed_twice)
         records = routing_records(caplog)
         assert [r.levelno for r in records].count(logging.WARNING) == 1
         still_down = [r for r in records if r.levelno == logging.DEBUG]
@@ -399,7 +416,7 @@ class TestHealth:
                     pass
             assert registry.async_reader("primary") is registry.get_async("primary")
             (tmp_path / "missing").mkdir()
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30  # a hang, not speed: the probe runs in the background
             while registry.async_reader("primary") is not registry.get_async("replica"):
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.01)

@@ -27,27 +27,34 @@ from dbregistry._poolers import derived_direct_url, detect
 from dbregistry._schema import DatabaseConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def database(**fields: Any) -> DatabaseConfig:
+    """A validated declaration, as the loader builds it (the model's fields are typed after validation)."""
+    return DatabaseConfig.model_validate(fields)
+
+
 NEON = "postgresql://app:pw@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require"
 
 
 class TestDetection:
     def test_neon_pooler_host_is_transaction_mode(self) -> None:
-        pooler = detect(DatabaseConfig(url=NEON))
+        pooler = detect(database(url=NEON))
         assert pooler.mode == "pgbouncer-transaction"
         assert pooler.reason == ("Neon pooler endpoint (ep-cool-darkness-123456-pooler): PgBouncer in transaction mode")
 
     def test_neon_direct_host_is_not(self) -> None:
-        assert detect(DatabaseConfig(url=NEON.replace("-pooler", ""))).mode == "none"
+        assert detect(database(url=NEON.replace("-pooler", ""))).mode == "none"
 
     def test_supabase_transaction_port(self) -> None:
-        db = DatabaseConfig(url="postgresql://u:p@aws-0-eu-west-1.pooler.supabase.com:6543/postgres")
+        db = database(url="postgresql://u:p@aws-0-eu-west-1.pooler.supabase.com:6543/postgres")
         assert detect(db).transaction_mode
 
     def test_declared_beats_detected(self) -> None:
-        assert detect(DatabaseConfig(url=NEON, pooler="pgbouncer-session")).mode == "pgbouncer-session"
+        assert detect(database(url=NEON, pooler="pgbouncer-session")).mode == "pgbouncer-session"
 
     def test_neon_direct_url_is_derived(self) -> None:
-        direct = derived_direct_url(DatabaseConfig(url=NEON))
+        direct = derived_direct_url(database(url=NEON))
         assert direct is not None
         assert direct.host == "ep-cool-darkness-123456.us-east-2.aws.neon.tech"
         assert direct.password == "pw"
@@ -55,19 +62,19 @@ class TestDetection:
 
 class TestSettings:
     def test_engines_get_the_driver_settings(self) -> None:
-        db = DatabaseConfig(url=NEON, pool_class="NullPool")
+        db = database(url=NEON, pool_class="NullPool")
         assert engine_spec(db, is_async=False).kwargs["connect_args"] == {"prepare_threshold": None}
         assert engine_spec(db, is_async=True).kwargs["connect_args"] == {"ssl": "require", "statement_cache_size": 0}
 
     def test_user_connect_args_are_kept(self) -> None:
-        db = DatabaseConfig(url=NEON, connect_args={"application_name": "api"})
+        db = database(url=NEON, connect_args={"application_name": "api"})
         assert engine_spec(db, is_async=False).kwargs["connect_args"] == {
             "application_name": "api",
             "prepare_threshold": None,
         }
 
     def test_direct_engine_has_no_pooler_settings(self) -> None:
-        db = DatabaseConfig(url=NEON)
+        db = database(url=NEON)
         direct_url = derived_direct_url(db)
         assert "connect_args" not in engine_spec(db, is_async=False, url=direct_url).kwargs
         registry = Registry.from_dict({"databases": {"neon": {"url": NEON}}}, environ={})

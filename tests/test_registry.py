@@ -133,7 +133,7 @@ class TestLazyBuilding:
         assert async_.url.drivername == "sqlite+aiosqlite"
         assert type(sync.pool) is pool.QueuePool
         assert type(async_.sync_engine.pool) is pool.AsyncAdaptedQueuePool
-        assert sync.pool.size() == async_.sync_engine.pool.size() == 3  # type: ignore[attr-defined]
+        assert sync.pool.size() == async_.sync_engine.pool.size() == 3
         registry.close()
 
     def test_declared_queue_pool_becomes_async_adapted(self) -> None:

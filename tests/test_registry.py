@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from dbregistry import (
     CloseError,
-    ConfigError,
     Registry,
     RegistryClosedError,
     UnknownDatabaseError,
@@ -356,40 +355,6 @@ class TestClose:
             return areg
 
         assert asyncio.run(main()).closed
-
-
-class TestDriverPairs:
-    @pytest.mark.parametrize(
-        ("url", "sync", "async_"),
-        [
-            ("postgresql://u@h/d", "postgresql+psycopg", "postgresql+asyncpg"),
-            ("postgres://u@h/d", "postgresql+psycopg", "postgresql+asyncpg"),
-            ("postgresql+asyncpg://u@h/d", "postgresql+psycopg", "postgresql+asyncpg"),
-            ("postgresql+psycopg://u@h/d", "postgresql+psycopg", "postgresql+psycopg"),
-            ("sqlite:///x.db", "sqlite+pysqlite", "sqlite+aiosqlite"),
-            ("sqlite+aiosqlite:///x.db", "sqlite+pysqlite", "sqlite+aiosqlite"),
-        ],
-    )
-    def test_each_mode_gets_its_driver(self, url: str, sync: str, async_: str) -> None:
-        registry = Registry.from_dict({"databases": {"a": {"url": url}}}, environ={})
-        assert registry.get("a").url.drivername == sync
-        assert registry.get_async("a").url.drivername == async_
-        registry.close()
-
-    def test_no_async_counterpart_is_a_config_error(self) -> None:
-        registry = Registry.from_dict({"databases": {"legacy": {"url": "firebird://u:pw@h/d"}}}, environ={})
-        with pytest.raises(ConfigError) as info:
-            registry.get_async("legacy")
-        assert str(info.value) == (
-            "1 problem in from_dict\n"
-            "  from_dict  databases.legacy.url: no async driver is known for the dialect 'firebird'; "
-            "name one in the URL (firebird+<async driver>://...)"
-        )
-
-    def test_sync_driver_unknown_for_async_names_the_choices(self) -> None:
-        registry = Registry.from_dict({"databases": {"a": {"url": "postgresql+weird://u@h/d"}}}, environ={})
-        with pytest.raises(ConfigError, match=re.escape("declare one of asyncpg, psycopg")):
-            registry.get_async("a")
 
 
 class TestSecrecy:

@@ -216,6 +216,41 @@ class TestRoutes:
         assert lock.count == 0
         registry.close()
 
+    def test_the_hot_path_does_not_wait_for_an_engine_being_built(self, tmp_path: Path) -> None:
+        """While another thread builds an engine (holding the registry's lock), routed calls still answer."""
+        registry = make(
+            tmp_path,
+            {
+                "primary": {"url": sqlite_url(tmp_path / "primary.db")},
+                "replica": {"url": sqlite_url(tmp_path / "replica.db"), "replica_of": "primary"},
+                "other": {"url": sqlite_url(tmp_path / "other.db")},
+            },
+        )
+        replica = registry.reader("primary")
+        building, release = threading.Event(), threading.Event()
+
+        def slow_listener(name: str, mode: str, direct: bool, engine: object) -> None:
+            if name == "other":  # called under the registry's lock, before get("other") returns
+                building.set()
+                release.wait(30)
+
+        registry.add_engine_listener(slow_listener)
+        builder = threading.Thread(target=registry.get, args=("other",))
+        builder.start()
+        try:
+            assert building.wait(30)
+            answers: list[bool] = []
+            reader = threading.Thread(
+                target=lambda: answers.extend(registry.reader("primary") is replica for _ in range(1000))
+            )
+            reader.start()
+            reader.join(timeout=30)  # a hang, not speed: a reader waiting for the lock never ends
+            assert answers == [True] * 1000
+        finally:
+            release.set()
+            builder.join(timeout=30)
+        registry.close()
+
     def test_after_close_reader_raises(self, tmp_path: Path) -> None:
         registry = pair(tmp_path)
         registry.reader("primary")

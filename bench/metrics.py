@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
 
 from dbregistry import Registry
@@ -89,6 +90,7 @@ def _check_recorded(reader: InMemoryMetricReader, metrics: CollectorRegistry) ->
         for metric in scope.metrics
         if metric.name == "db.client.connection.wait_time"
         for point in metric.data.data_points
+        if isinstance(point, HistogramDataPoint)  # wait_time is a histogram
     )
     text = generate_latest(metrics).decode()
     prometheus = sum(
@@ -113,13 +115,13 @@ def figure_11(ctx: Context) -> FigureResult:
         for engine in engines.values():
             sync_throughput(engine, seconds / 2, CONCURRENCY)  # fill the pools
         samples = interleave(
-            {side: lambda e=engine: sync_throughput(e, seconds, CONCURRENCY) for side, engine in engines.items()},
+            {side: partial(sync_throughput, engine, seconds, CONCURRENCY) for side, engine in engines.items()},
             repeats,
         )
         _rows(result, "sync", samples)
         result.data["sync_samples_recorded"] = _check_recorded(reader, metrics)
         cpu = interleave(
-            {side: lambda e=engine: cpu_per_query(e, seconds) for side, engine in engines.items()},
+            {side: partial(cpu_per_query, engine, seconds) for side, engine in engines.items()},
             repeats,
         )
         _cpu_rows(result, cpu)
@@ -135,7 +137,7 @@ def figure_11(ctx: Context) -> FigureResult:
             for engine in engines.values():
                 await async_throughput(engine, seconds / 2, CONCURRENCY)
             samples = await _interleave_async(
-                {side: lambda e=engine: async_throughput(e, seconds, CONCURRENCY) for side, engine in engines.items()},
+                {side: partial(async_throughput, engine, seconds, CONCURRENCY) for side, engine in engines.items()},
                 repeats,
             )
             _rows(result, "async", samples)

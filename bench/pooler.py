@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
@@ -247,7 +248,7 @@ def _sync_rounds(
     try:
         engines = {"pooler": registry.get("app"), "direct": registry.get("app", direct=True)}
         runs = {
-            side: lambda e=engine, t=tallies[side]: checked_sync_throughput(e, seconds, CONCURRENCY, t)
+            side: partial(checked_sync_throughput, engine, seconds, CONCURRENCY, tallies[side])
             for side, engine in engines.items()
         }
         for run in runs.values():  # fill the pools; these answers are checked too
@@ -264,7 +265,7 @@ async def _async_rounds(
     try:
         engines = {"pooler": registry.get_async("app"), "direct": registry.get_async("app", direct=True)}
         runs = {
-            side: lambda e=engine, t=tallies[side]: checked_async_throughput(e, seconds, CONCURRENCY, t)
+            side: partial(checked_async_throughput, engine, seconds, CONCURRENCY, tallies[side])
             for side, engine in engines.items()
         }
         for run in runs.values():

@@ -6,6 +6,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import sqlalchemy
@@ -165,7 +166,7 @@ def figure_6(ctx: Context) -> FigureResult:
             for engine in engines.values():
                 sync_throughput(engine, seconds / 2, workers)  # fill the pool
             samples = interleave(
-                {name: lambda e=engine, w=workers: sync_throughput(e, seconds, w) for name, engine in engines.items()},
+                {name: partial(sync_throughput, engine, seconds, workers) for name, engine in engines.items()},
                 repeats,
             )
             _throughput_rows(result, "sync", label, samples)
@@ -192,10 +193,7 @@ def figure_6(ctx: Context) -> FigureResult:
                 for engine in engines.values():
                     await async_throughput(engine, seconds / 2, workers)
                 samples = await _interleave_async(
-                    {
-                        name: lambda e=engine, w=workers: async_throughput(e, seconds, w)
-                        for name, engine in engines.items()
-                    },
+                    {name: partial(async_throughput, engine, seconds, workers) for name, engine in engines.items()},
                     repeats,
                 )
                 _throughput_rows(result, "async", label, samples)

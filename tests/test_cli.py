@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servers import PASSWORD, PostgresServer, ReplicaServer
@@ -408,6 +409,7 @@ class TestSchema:
             },
             schema,
         )
+        bad: dict[str, Any]
         for bad in (
             {"databases": {"a": {"url": "sqlite://", "pool_sise": 3}}},
             {"databases": {"a": {"pool_size": 3}}},

@@ -28,6 +28,7 @@ import re
 import sys
 import time
 import traceback
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,7 +233,9 @@ def test_the_whole_corpus_loads_in_bounded_time() -> None:
         load(case)
     elapsed = time.perf_counter() - started
     print(f"\n{len(CASES)} corpus cases in {elapsed:.3f} s", file=sys.stderr)
-    assert elapsed < 5.0
+    # Guards against a case that blows up (alias expansion, deep nesting): those take minutes or
+    # never end. Well under a second normally; the speed of loading is measured in bench/.
+    assert elapsed < 60
 
 
 # -- cases that cannot be kept as data files -------------------------------------------------
@@ -255,10 +258,14 @@ def test_oversized_file_is_refused_without_reading_it(tmp_path: Path) -> None:
     path = tmp_path / "huge.yaml"
     with path.open("wb") as f:  # sparse: 1 GiB on paper, nothing on disk
         f.truncate(1 << 30)
-    started = time.perf_counter()
-    with pytest.raises(ConfigError, match=r"the file is 1,073,741,824 bytes, over the limit of 4,194,304"):
-        Registry.from_yaml(path, environ={})
-    assert time.perf_counter() - started < 1.0
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=r"the file is 1,073,741,824 bytes, over the limit of 4,194,304"):
+            Registry.from_yaml(path, environ={})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20  # reading the file would allocate its 1 GiB; the refusal reads none of it
 
 
 def test_missing_file_names_the_path_and_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-import dbregistry._registry as registry_module
 from dbregistry import Registry
 
 AUTOCOMMIT_FORMS = {
@@ -109,15 +108,14 @@ def test_fork_while_another_thread_is_inside_a_first_get(monkeypatch: pytest.Mon
     # Before: the child inherited the registry's lock held by a thread that does not exist there.
     registry = Registry.from_dict({"databases": {"a": {"url": "sqlite://"}, "b": {"url": "sqlite://"}}}, environ={})
     inside, release = threading.Event(), threading.Event()
-    build = registry_module.build_sync_engine
 
-    def slow_build(*args: Any, **kwargs: Any) -> Any:
+    def slow_listener(*_: Any) -> None:
+        # Engine listeners run under the registry's lock: this one holds it as a slow build would.
         if threading.current_thread().name == "first-get":
             inside.set()
             release.wait(30)
-        return build(*args, **kwargs)
 
-    monkeypatch.setattr(registry_module, "build_sync_engine", slow_build)
+    registry.add_engine_listener(slow_listener)
     first = threading.Thread(target=registry.get, args=("a",), name="first-get", daemon=True)
     first.start()
     assert inside.wait(30)

@@ -71,13 +71,13 @@ class TestParsing:
 
     def test_the_three_forms_name_the_same_hosts(self) -> None:
         expected = [HostPort("h1", 5432), HostPort("h2", 5433)]
-        libpq = DatabaseConfig(url="postgresql://u:pw@h1:5432,h2:5433/db")
-        query = DatabaseConfig(url="postgresql://u:pw@/db?host=h1:5432&host=h2:5433")
-        comma = DatabaseConfig(url="postgresql://u:pw@/db?host=h1,h2&port=5432,5433")
-        field = DatabaseConfig(url="postgresql://u:pw@/db", hosts=["h1:5432", "h2:5433"])
+        libpq = DatabaseConfig.model_validate({"url": "postgresql://u:pw@h1:5432,h2:5433/db"})
+        query = DatabaseConfig.model_validate({"url": "postgresql://u:pw@/db?host=h1:5432&host=h2:5433"})
+        comma = DatabaseConfig.model_validate({"url": "postgresql://u:pw@/db?host=h1,h2&port=5432,5433"})
+        field = DatabaseConfig.model_validate({"url": "postgresql://u:pw@/db", "hosts": ["h1:5432", "h2:5433"]})
         assert hosts_of(libpq.url) == hosts_of(query.url) == hosts_of(comma.url) == expected
         assert hosts_of(field.url, field.hosts) == expected
-        assert hosts_of(DatabaseConfig(url="postgresql://u:pw@h1/db").url) == [HostPort("h1")]
+        assert hosts_of(DatabaseConfig.model_validate({"url": "postgresql://u:pw@h1/db"}).url) == [HostPort("h1")]
 
 
 class TestDrivers:

@@ -154,7 +154,9 @@ def test_health_latency_is_seen_for_each_database_up(tmp_path: Path) -> None:
         latency = meters.health.snapshot()[("d", "sync")]
         buckets, total = latency.snapshot()
         assert buckets[-1] == ("+Inf", 1)
-        assert total == pytest.approx(reports["d"].latency_ms / 1000)
+        latency_ms = reports["d"].latency_ms
+        assert latency_ms is not None
+        assert total == pytest.approx(latency_ms / 1000)
 
 
 def test_a_failing_recorder_does_not_fail_the_checkout(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -181,7 +183,7 @@ def test_a_forked_child_forgets_the_parent_s_checkouts_under_way(tmp_path: Path)
         waiter = threading.Thread(target=lambda: engine.connect().close())
         waiter.start()
         (pool,) = meters.pools()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a hang, not speed
         while pool.figures().pending == 0:
             assert time.monotonic() < deadline
             time.sleep(0.01)

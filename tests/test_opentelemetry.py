@@ -12,7 +12,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from servers import PASSWORD, PgBouncer, PostgresServer, ReplicaServer, free_port
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from dbregistry import Registry
@@ -306,7 +306,9 @@ def test_health_check_latency_per_database(pg: PostgresServer, reader: InMemoryM
         reports = registry.health(timeout=5)
         latency = Points(reader).histogram("dbregistry.health.latency", pool="main", mode="sync")
         assert latency.count == 1
-        assert latency.sum == pytest.approx(reports["main"].latency_ms / 1000)
+        latency_ms = reports["main"].latency_ms
+        assert latency_ms is not None
+        assert latency.sum == pytest.approx(latency_ms / 1000)
 
 
 @pytest.mark.postgres
@@ -333,6 +335,5 @@ def test_the_connect_listener_runs_first_so_create_time_is_the_driver_s_own() ->
         instrument(registry, MeterProvider(metric_readers=[reader]))
         engine = registry.get("d")
         listeners = list(engine.pool.dispatch.connect)
-        assert getattr(listeners[0], "__self__", None) is not None
-        assert type(listeners[0].__self__).__name__ == "PoolMeter"
-        assert event.contains(engine, "checkin", listeners[0].__self__._on_checkin)
+        first: object = getattr(listeners[0], "__self__", None)  # a bound method: SQLAlchemy's or ours
+        assert type(first).__name__ == "PoolMeter"

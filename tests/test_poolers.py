@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,60 +18,97 @@ from typing import Any
 import psycopg
 import pytest
 from servers import PgBouncer, PostgresServer
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dbregistry import ConfigError, Registry
-from dbregistry._engines import engine_spec
 from dbregistry._poolers import derived_direct_url, detect
 from dbregistry._schema import DatabaseConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def database(**fields: Any) -> DatabaseConfig:
+    """A validated declaration, as the loader builds it (the model's fields are typed after validation)."""
+    return DatabaseConfig.model_validate(fields)
+
+
 NEON = "postgresql://app:pw@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require"
 
 
 class TestDetection:
     def test_neon_pooler_host_is_transaction_mode(self) -> None:
-        pooler = detect(DatabaseConfig(url=NEON))
+        pooler = detect(database(url=NEON))
         assert pooler.mode == "pgbouncer-transaction"
         assert pooler.reason == ("Neon pooler endpoint (ep-cool-darkness-123456-pooler): PgBouncer in transaction mode")
 
     def test_neon_direct_host_is_not(self) -> None:
-        assert detect(DatabaseConfig(url=NEON.replace("-pooler", ""))).mode == "none"
+        assert detect(database(url=NEON.replace("-pooler", ""))).mode == "none"
 
     def test_supabase_transaction_port(self) -> None:
-        db = DatabaseConfig(url="postgresql://u:p@aws-0-eu-west-1.pooler.supabase.com:6543/postgres")
+        db = database(url="postgresql://u:p@aws-0-eu-west-1.pooler.supabase.com:6543/postgres")
         assert detect(db).transaction_mode
 
     def test_declared_beats_detected(self) -> None:
-        assert detect(DatabaseConfig(url=NEON, pooler="pgbouncer-session")).mode == "pgbouncer-session"
+        assert detect(database(url=NEON, pooler="pgbouncer-session")).mode == "pgbouncer-session"
 
     def test_neon_direct_url_is_derived(self) -> None:
-        direct = derived_direct_url(DatabaseConfig(url=NEON))
+        direct = derived_direct_url(database(url=NEON))
         assert direct is not None
         assert direct.host == "ep-cool-darkness-123456.us-east-2.aws.neon.tech"
         assert direct.password == "pw"
 
 
+class CapturedError(Exception):
+    """Raised by the do_connect listener: the driver's connect() is never called."""
+
+
+def what_the_driver_gets(
+    registry: Registry, name: str, *, is_async: bool = False, direct: bool = False
+) -> dict[str, Any]:
+    """The keywords the engine hands its driver's connect(), seen through SQLAlchemy's public do_connect event."""
+    engine = registry.get_async(name, direct=direct).sync_engine if is_async else registry.get(name, direct=direct)
+    seen: dict[str, Any] = {}
+
+    def capture(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        seen.update(cparams)
+        raise CapturedError
+
+    async def connect_async() -> None:
+        async with registry.get_async(name, direct=direct).connect():
+            pass
+
+    attempt: Callable[[], object] = (lambda: asyncio.run(connect_async())) if is_async else engine.connect
+    event.listen(engine, "do_connect", capture)
+    try:
+        with pytest.raises(CapturedError):
+            attempt()
+    finally:
+        event.remove(engine, "do_connect", capture)
+    return seen
+
+
 class TestSettings:
     def test_engines_get_the_driver_settings(self) -> None:
-        db = DatabaseConfig(url=NEON, pool_class="NullPool")
-        assert engine_spec(db, is_async=False).kwargs["connect_args"] == {"prepare_threshold": None}
-        assert engine_spec(db, is_async=True).kwargs["connect_args"] == {"ssl": "require", "statement_cache_size": 0}
+        registry = Registry.from_dict({"databases": {"neon": {"url": NEON, "pool_class": "NullPool"}}}, environ={})
+        sync = what_the_driver_gets(registry, "neon")
+        assert ("prepare_threshold", None) in sync.items()
+        asynchronous = what_the_driver_gets(registry, "neon", is_async=True)
+        assert (asynchronous["ssl"], asynchronous["statement_cache_size"]) == ("require", 0)
 
     def test_user_connect_args_are_kept(self) -> None:
-        db = DatabaseConfig(url=NEON, connect_args={"application_name": "api"})
-        assert engine_spec(db, is_async=False).kwargs["connect_args"] == {
-            "application_name": "api",
-            "prepare_threshold": None,
-        }
+        registry = Registry.from_dict(
+            {"databases": {"neon": {"url": NEON, "connect_args": {"application_name": "api"}}}}, environ={}
+        )
+        sync = what_the_driver_gets(registry, "neon")
+        assert (sync["application_name"], sync["prepare_threshold"]) == ("api", None)
 
     def test_direct_engine_has_no_pooler_settings(self) -> None:
-        db = DatabaseConfig(url=NEON)
-        direct_url = derived_direct_url(db)
-        assert "connect_args" not in engine_spec(db, is_async=False, url=direct_url).kwargs
         registry = Registry.from_dict({"databases": {"neon": {"url": NEON}}}, environ={})
+        for is_async in (False, True):
+            given = what_the_driver_gets(registry, "neon", is_async=is_async, direct=True)
+            assert not {"prepare_threshold", "statement_cache_size"} & set(given)
         direct = registry.get("neon", direct=True)
         assert direct.url.host == "ep-cool-darkness-123456.us-east-2.aws.neon.tech"
         assert registry.get("neon", direct=True) is direct

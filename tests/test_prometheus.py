@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from servers import PASSWORD, PostgresServer, ReplicaServer, free_port
@@ -194,18 +194,18 @@ def test_both_exporters_read_the_same_figures(pg: PostgresServer) -> None:
         data = reader.get_metrics_data()
         assert data is not None
         otel = {
-            (metric.name, point.attributes.get("db.client.connection.state")): point
+            (metric.name, (point.attributes or {}).get("db.client.connection.state")): point
             for scope in data.resource_metrics[0].scope_metrics
             for metric in scope.metrics
             for point in metric.data.data_points
         }
         for state in ("used", "idle"):
-            assert otel["db.client.connection.count", state].value == found.value(
-                "db_client_connection_count", state=state
-            )
-        assert otel["db.client.connection.wait_time", None].count == found.value(
-            "db_client_connection_wait_time_seconds_count"
-        )
+            count = otel["db.client.connection.count", state]
+            assert isinstance(count, NumberDataPoint)
+            assert count.value == found.value("db_client_connection_count", state=state)
+        wait_time = otel["db.client.connection.wait_time", None]
+        assert isinstance(wait_time, HistogramDataPoint)
+        assert wait_time.count == found.value("db_client_connection_wait_time_seconds_count")
         for conn in held:
             conn.close()
         reader.shutdown()

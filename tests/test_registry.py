@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import pool, text
+from sqlalchemy import exc, pool, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-import dbregistry._registry as module
 from dbregistry import (
     CloseError,
-    ConfigError,
     Registry,
     RegistryClosedError,
     UnknownDatabaseError,
@@ -133,7 +132,7 @@ class TestLazyBuilding:
         assert async_.url.drivername == "sqlite+aiosqlite"
         assert type(sync.pool) is pool.QueuePool
         assert type(async_.sync_engine.pool) is pool.AsyncAdaptedQueuePool
-        assert sync.pool.size() == async_.sync_engine.pool.size() == 3  # type: ignore[attr-defined]
+        assert sync.pool.size() == async_.sync_engine.pool.size() == 3
         registry.close()
 
     def test_declared_queue_pool_becomes_async_adapted(self) -> None:
@@ -144,11 +143,22 @@ class TestLazyBuilding:
         assert type(registry.get("a").pool) is pool.QueuePool
         registry.close()
 
-    def test_unset_options_keep_sqlalchemy_defaults(self) -> None:
-        registry = Registry.from_dict({"databases": {"a": {"url": "sqlite:///x.db"}}}, environ={})
+    def test_unset_options_keep_sqlalchemy_defaults(self, tmp_path: Path) -> None:
+        registry = Registry.from_dict(
+            {"databases": {"a": {"url": f"sqlite:///{tmp_path / 'x.db'}", "pool_timeout": 0.05}}}, environ={}
+        )
         engine = registry.get("a")
-        assert engine.pool.size() == 5  # type: ignore[attr-defined]  # SQLAlchemy's own default
-        assert engine.pool._max_overflow == 10  # type: ignore[attr-defined]
+        queue = engine.pool
+        assert isinstance(queue, pool.QueuePool)
+        assert queue.size() == 5  # SQLAlchemy's own default
+        # max_overflow has no public getter: SQLAlchemy's default of 10 shows as the number of
+        # connections beyond pool_size that can be open at once.
+        with contextlib.ExitStack() as stack:
+            for _ in range(5 + 10):
+                stack.enter_context(engine.connect())
+            assert queue.overflow() == 10
+            with pytest.raises(exc.TimeoutError, match="QueuePool limit of size 5 overflow 10 reached"):
+                engine.connect()
         registry.close()
 
 
@@ -210,16 +220,11 @@ class TestExactlyOnce:
 
         assert len(asyncio.run(main())) == 1
 
-    def test_build_under_the_lock_happens_once(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_build_under_the_lock_happens_once(self, tmp_path: Path) -> None:
         calls: list[str] = []
-        real = module.build_sync_engine
-
-        def counting(*args: Any, **kwargs: Any) -> Engine:
-            calls.append(args[0])
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(module, "build_sync_engine", counting)
         registry = sqlite_registry(tmp_path)
+        # The engine listener hears of every engine built, once each (its public contract).
+        registry.add_engine_listener(lambda name, mode, direct, engine: calls.append(name))
         barrier = threading.Barrier(8)
 
         def worker() -> None:
@@ -350,40 +355,6 @@ class TestClose:
             return areg
 
         assert asyncio.run(main()).closed
-
-
-class TestDriverPairs:
-    @pytest.mark.parametrize(
-        ("url", "sync", "async_"),
-        [
-            ("postgresql://u@h/d", "postgresql+psycopg", "postgresql+asyncpg"),
-            ("postgres://u@h/d", "postgresql+psycopg", "postgresql+asyncpg"),
-            ("postgresql+asyncpg://u@h/d", "postgresql+psycopg", "postgresql+asyncpg"),
-            ("postgresql+psycopg://u@h/d", "postgresql+psycopg", "postgresql+psycopg"),
-            ("sqlite:///x.db", "sqlite+pysqlite", "sqlite+aiosqlite"),
-            ("sqlite+aiosqlite:///x.db", "sqlite+pysqlite", "sqlite+aiosqlite"),
-        ],
-    )
-    def test_each_mode_gets_its_driver(self, url: str, sync: str, async_: str) -> None:
-        registry = Registry.from_dict({"databases": {"a": {"url": url}}}, environ={})
-        assert registry.get("a").url.drivername == sync
-        assert registry.get_async("a").url.drivername == async_
-        registry.close()
-
-    def test_no_async_counterpart_is_a_config_error(self) -> None:
-        registry = Registry.from_dict({"databases": {"legacy": {"url": "firebird://u:pw@h/d"}}}, environ={})
-        with pytest.raises(ConfigError) as info:
-            registry.get_async("legacy")
-        assert str(info.value) == (
-            "1 problem in from_dict\n"
-            "  from_dict  databases.legacy.url: no async driver is known for the dialect 'firebird'; "
-            "name one in the URL (firebird+<async driver>://...)"
-        )
-
-    def test_sync_driver_unknown_for_async_names_the_choices(self) -> None:
-        registry = Registry.from_dict({"databases": {"a": {"url": "postgresql+weird://u@h/d"}}}, environ={})
-        with pytest.raises(ConfigError, match=re.escape("declare one of asyncpg, psycopg")):
-            registry.get_async("a")
 
 
 class TestSecrecy:

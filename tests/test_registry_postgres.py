@@ -108,8 +108,8 @@ def test_aclose_leaves_no_connection_on_the_server(pg: PostgresServer) -> None:
         for conn in conns:
             await conn.execute(text("select 1"))
             await conn.close()
-        with registry.get("primary").connect() as conn:
-            conn.execute(text("select 1"))
+        with registry.get("primary").connect() as sync_conn:
+            sync_conn.execute(text("select 1"))
         assert pg.connections() == 4
         await registry.aclose()
 

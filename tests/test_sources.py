@@ -75,86 +75,6 @@ class TestDatabaseUrlConventions:
             Registry.from_env(environ={}, env_file=None)
 
 
-class TestPrefixedVariables:
-    def test_field_of_a_declared_database(self, base_file: Path) -> None:
-        registry = Registry.from_yaml(base_file, environ={"DBREGISTRY_DATABASES__REPLICA__POOL_SIZE": "30"})
-        assert registry["replica"].pool_size == 30
-        assert str(registry.origin("replica", "pool_size")) == "DBREGISTRY_DATABASES__REPLICA__POOL_SIZE"
-
-    def test_declares_a_new_database(self, base_file: Path) -> None:
-        registry = Registry.from_yaml(
-            base_file,
-            environ={
-                "DBREGISTRY_DATABASES__REPORTING__URL": "postgresql://u@reports/app",
-                "DBREGISTRY_DATABASES__REPORTING__POOL_CLASS": "null",
-            },
-        )
-        assert registry.names == ["primary", "replica", "reporting"]
-        assert registry["reporting"].pool_class == "NullPool"
-
-    def test_names_match_declared_ones_of_any_case(self) -> None:
-        registry = Registry.from_dict(
-            {"databases": {"Reporting": {"url": "sqlite:///r.db"}}},
-            environ={"DBREGISTRY_DATABASES__REPORTING__POOL_SIZE": "4"},
-        )
-        assert registry.names == ["Reporting"]
-        assert registry["Reporting"].pool_size == 4
-
-    def test_json_for_mappings(self, base_file: Path) -> None:
-        registry = Registry.from_yaml(
-            base_file, environ={"DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS": '{"connect_timeout": 5}'}
-        )
-        assert registry["primary"].connect_args == {"connect_timeout": 5}
-
-    def test_nested_keys_of_mappings(self, base_file: Path) -> None:
-        registry = Registry.from_yaml(
-            base_file, environ={"DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS__APPLICATION_NAME": "api"}
-        )
-        assert registry["primary"].connect_args == {"application_name": "api"}
-
-    def test_bad_value_names_the_variable(self, base_file: Path) -> None:
-        with pytest.raises(ConfigError) as info:
-            Registry.from_yaml(base_file, environ={"DBREGISTRY_DATABASES__REPLICA__POOL_SIZE": "ten"})
-        (problem,) = info.value.problems
-        assert problem.path == "databases.replica.pool_size"
-        assert problem.source == "DBREGISTRY_DATABASES__REPLICA__POOL_SIZE"
-        assert problem.file is None
-        assert problem.line is None
-        assert str(info.value) == (
-            f"1 problem in {base_file}\n"
-            "  DBREGISTRY_DATABASES__REPLICA__POOL_SIZE  databases.replica.pool_size: must be a whole number, got 'ten'"
-        )
-
-    def test_bad_json_names_the_variable(self, base_file: Path) -> None:
-        with pytest.raises(ConfigError) as info:
-            Registry.from_yaml(base_file, environ={"DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS": "{not json"})
-        (problem,) = info.value.problems
-        assert problem.source == "DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS"
-        assert problem.message == "must be a mapping"
-
-    def test_default_from_the_environment(self, base_file: Path) -> None:
-        registry = Registry.from_yaml(base_file, environ={"DBREGISTRY_DEFAULT": "replica"})
-        assert registry.default == "replica"
-
-    def test_environ_empty_ignores_the_environment(self, base_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE", "99")
-        assert Registry.from_yaml(base_file, environ={})["primary"].pool_size == 5
-        assert Registry.from_yaml(base_file)["primary"].pool_size == 99
-
-    def test_every_constructor_reads_os_environ_by_default(
-        self, base_file: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-    ) -> None:
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setenv("DBREGISTRY_DATABASES__PRIMARY__POOL_SIZE", "42")
-        monkeypatch.setenv("DBREGISTRY_CONFIG", str(base_file))
-        assert Registry.from_yaml(base_file)["primary"].pool_size == 42
-        assert Registry.from_dict({"databases": {"primary": {"url": "sqlite://"}}})["primary"].pool_size == 42
-        assert Registry.load()["primary"].pool_size == 42
-        monkeypatch.delenv("DBREGISTRY_CONFIG")
-        monkeypatch.setenv("DATABASE_URL", "sqlite:///x.db")
-        assert Registry.from_env()["primary"].pool_size == 42
-
-
 class TestMissingUrlFromTheEnvironment:
     def test_names_the_variable_that_declared_the_database(self) -> None:
         with pytest.raises(ConfigError) as info:
@@ -325,8 +245,7 @@ profiles:
         config, _, _ = files
         registry = Registry.from_yaml(config, environ={})
         assert registry["primary"].pool_size == 1
-        assert registry["primary"].max_overflow is None  # SQLAlchemy's default applies
-        assert registry.get("primary").pool._max_overflow == 10  # type: ignore[attr-defined]
+        assert registry["primary"].max_overflow is None  # SQLAlchemy's default applies (test_engines.py)
         registry.close()
 
     def test_profile_beats_base(self, files: tuple[Path, Path, Path]) -> None:

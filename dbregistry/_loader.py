@@ -570,6 +570,7 @@ _EXPECTED = {
     "bool_type": "true or false",
     "string_type": "a string",
     "dict_type": "a mapping",
+    "list_type": "a list",
     "path_type": "a file path",
 }
 

@@ -72,6 +72,15 @@ WRONG_VALUES: list[tuple[str, Any, str, str]] = [
     ("max_connections", 0, "max_connections", "must be >= 1, got 0"),
     ("session", {"expire_on_commit": "x"}, "session.expire_on_commit", "must be true or false, got 'x'"),
     ("session", {"autoflsh": True}, "session.autoflsh", "unknown field; did you mean 'autoflush'?"),
+    ("hosts", 3, "hosts", "must be a list, got 3"),
+    ("hosts", ["h1:x"], "hosts.0", "'h1:x' has no valid port; a port is a number from 1 to 65535"),
+    ("password_provider", 3, "password_provider", "must be a string, got 3"),
+    (
+        "password_provider",
+        "nomodule",
+        "password_provider",
+        "must be package.module:function (a dotted module path, ':', the function's name)",
+    ),
     ("session", 3, "session", "must be a mapping of session options (expire_on_commit, autoflush, autobegin), got 3"),
 ]
 

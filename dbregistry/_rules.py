@@ -18,7 +18,7 @@ from ._poolers import detect as detect_pooler
 from ._poolers import forbidden_settings
 from ._pools import QUEUE_OPTIONS, accepted_options, why_not
 from ._schema import DatabaseConfig
-from ._urls import DriverError, dialect_of, is_sqlite, is_sqlite_memory, resolve_driver
+from ._urls import DriverError, dialect_of, is_sqlite, is_sqlite_memory, resolve_driver, unknown_driver
 
 __all__ = ["LOCAL_RULES", "RULES", "Finding", "check", "effective_pool_class"]
 
@@ -97,6 +97,14 @@ def memory_sqlite_needs_one_shared_connection(name: str, db: DatabaseConfig, _: 
 
 
 _LEVELS_BY_DIALECT = {"sqlite": ("AUTOCOMMIT", "READ UNCOMMITTED", "SERIALIZABLE")}
+
+
+@rule
+def drivers_exist(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
+    for field, url in (("url", db.url), ("direct_url", db.direct_url)):
+        why = unknown_driver(url) if url is not None else None
+        if why is not None:
+            yield field, why
 
 
 @rule

@@ -16,6 +16,7 @@ from typing import Final
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from ._errors import closest
 from ._hosts import libpq_host_list_to_query
 from ._secrets import check_url_text, normalize_url
 from ._secrets import mask_url as mask
@@ -124,6 +125,25 @@ _DIALECTS["mariadb"] = _DIALECTS["mysql"]
 
 class DriverError(ValueError):
     """No driver is known for the mode asked; the message names the one to declare."""
+
+
+def unknown_driver(url: URL) -> str | None:
+    """Why the URL's driver cannot be right (a known dialect, a driver of neither mode), or None.
+
+    >>> from sqlalchemy.engine import make_url
+    >>> unknown_driver(make_url("postgresql+psycopj://db/app"))
+    "postgresql has no driver 'psycopj'; did you mean 'psycopg'? drivers: asyncpg, pg8000, psycopg, psycopg2, psycopg2cffi"
+    """
+    dialect, driver = dialect_of(url), driver_of(url)
+    known = _DIALECTS.get(dialect)
+    if known is None or driver is None:
+        return None  # a third-party dialect is SQLAlchemy's to find, at the first get()
+    drivers = sorted(known.sync_only | known.async_only | known.both)
+    if driver in drivers:
+        return None
+    hint = closest(driver, drivers)
+    guess = f"did you mean {hint!r}? " if hint else ""
+    return f"{dialect} has no driver {driver!r}; {guess}drivers: {', '.join(drivers)}"
 
 
 def resolve_driver(url: URL, *, is_async: bool) -> URL:

@@ -141,3 +141,26 @@ def test_every_rule_s_finding_is_reported_at_once_by_field_path() -> None:
         "from_dict  databases.b.isolation_level",
         "from_dict  databases.b.pool_class",
     ]
+
+
+class TestDriversExist:
+    @pytest.mark.parametrize(
+        ("url", "message"),
+        [
+            (
+                "sqlite+pysqlit:///app.db",
+                "sqlite has no driver 'pysqlit'; did you mean 'pysqlite'? drivers: aiosqlite, pysqlcipher, pysqlite",
+            ),
+            (
+                "postgresql+nosuch://app@db/app",
+                "postgresql has no driver 'nosuch'; drivers: asyncpg, pg8000, psycopg, psycopg2, psycopg2cffi",
+            ),
+        ],
+    )
+    def test_a_driver_no_mode_has_is_refused_at_load(self, url: str, message: str) -> None:
+        with pytest.raises(ConfigError) as info:
+            Registry.from_dict({"databases": {"a": {"url": url}}}, environ={})
+        assert [str(p) for p in info.value.problems] == [f"from_dict  databases.a.url: {message}"]
+
+    def test_a_third_party_dialect_is_left_to_sqlalchemy(self) -> None:
+        Registry.from_dict({"databases": {"a": {"url": "snowflake://app@account/db"}}}, environ={})

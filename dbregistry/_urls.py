@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Final
 
 from sqlalchemy.engine import URL, make_url
@@ -123,6 +124,12 @@ _DIALECTS: Final[dict[str, _Dialect]] = {
 _DIALECTS["mariadb"] = _DIALECTS["mysql"]
 
 
+def _sqlalchemy_has_driver(dialect: str, driver: str) -> bool:
+    """Whether SQLAlchemy ships a module for this driver (mariadbconnector, pyodbc, ...); a stat, no import."""
+    package = "mysql" if dialect == "mariadb" else dialect
+    return (files("sqlalchemy.dialects") / package / f"{driver}.py").is_file()
+
+
 class DriverError(ValueError):
     """No driver is known for the mode asked; the message names the one to declare."""
 
@@ -139,7 +146,7 @@ def unknown_driver(url: URL) -> str | None:
     if known is None or driver is None:
         return None  # a third-party dialect is SQLAlchemy's to find, at the first get()
     drivers = sorted(known.sync_only | known.async_only | known.both)
-    if driver in drivers:
+    if driver in drivers or _sqlalchemy_has_driver(dialect, driver):
         return None
     hint = closest(driver, drivers)
     guess = f"did you mean {hint!r}? " if hint else ""

@@ -156,6 +156,23 @@ def connection_settings_reach_every_driver(name: str, db: DatabaseConfig, _: Dec
                 yield refusal.field, refusal.message
 
 
+@rule
+def read_your_writes_fits_the_database(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
+    if db.read_your_writes is None:
+        return
+    if db.replica_of is not None:
+        yield (
+            "read_your_writes",
+            f"declare read_your_writes on the primary ({db.replica_of}): it follows the writes made there",
+        )
+    elif db.read_your_writes == "lsn" and dialect_of(db.url) != "postgresql":
+        yield (
+            "read_your_writes",
+            f"lsn follows PostgreSQL's WAL positions; this URL is {dialect_of(db.url)}: "
+            "use a duration such as 2s (reads go to the primary that long after a write), or off",
+        )
+
+
 @local_rule
 def certificate_files_exist(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
     for refusal in missing_files(db):

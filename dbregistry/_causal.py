@@ -353,6 +353,7 @@ class PrimaryPositions:
         "refreshing",
         "replayed",
         "tasks",
+        "threads",
         "want_primary",
         "window_ms",
     )
@@ -372,6 +373,7 @@ class PrimaryPositions:
         self.next_refresh = 0.0
         self.behind = 0  # reads sent to the primary because no replica had caught up
         self.tasks: set[asyncio.Task[None]] = set()
+        self.threads: set[threading.Thread] = set()
 
     def needed(self, mark: Mark) -> int | None:
         """The position a replica must have replayed for ``mark`` (None: any replica will do; -1: none will)."""
@@ -486,12 +488,44 @@ class PrimaryPositions:
             task.add_done_callback(self.tasks.discard)
             return
         thread = threading.Thread(
-            target=self.refresh, args=(replicas, engine), name=f"dbregistry positions of {self.name}", daemon=True
+            target=self._refresh_in_thread,
+            args=(replicas, engine),
+            name=f"dbregistry positions of {self.name}",
+            daemon=True,
         )
+        self.threads.add(thread)
         try:
             thread.start()
         except RuntimeError:  # the interpreter is shutting down
+            self.threads.discard(thread)
             self._done()
+
+    def _refresh_in_thread(self, replicas: tuple[str, ...], engine: Callable[[str], Engine]) -> None:
+        try:
+            self.refresh(replicas, engine)
+        finally:
+            self.threads.discard(threading.current_thread())
+
+    def stop(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` each) for refreshes in threads; cancel tasks of running loops (closing)."""
+        for thread in list(self.threads):
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+        for task in list(self.tasks):
+            loop = task.get_loop()
+            if not task.done() and loop.is_running() and not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
+
+    async def astop(self, timeout: float) -> None:
+        """Await the refresh tasks of the running loop (up to ``timeout``), then `stop` the rest."""
+        current = asyncio.get_running_loop()
+        mine = [t for t in self.tasks if not t.done() and t.get_loop() is current]
+        if mine:
+            _, pending = await asyncio.wait(mine, timeout=timeout)
+            for task in pending:
+                task.cancel()
+        if self.threads:
+            await asyncio.to_thread(self.stop, timeout)
 
     def _primary_at(self, value: Any, asked_at: float) -> None:
         with self.lock:
@@ -507,6 +541,7 @@ class PrimaryPositions:
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
         self.tasks = set()
+        self.threads = set()
         self.next_refresh = 0.0
 
 

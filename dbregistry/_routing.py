@@ -689,6 +689,8 @@ class Router:
         for thread in list(self._threads):
             if thread is not threading.current_thread():
                 thread.join(_PROBE_JOIN_TIMEOUT)
+        for positions in self._positions.values():
+            positions.stop(_PROBE_JOIN_TIMEOUT)
         for task in list(self._tasks):
             loop = task.get_loop()
             if not task.done() and loop.is_running() and not loop.is_closed():
@@ -709,6 +711,8 @@ class Router:
         threads = [t for t in self._threads if t is not threading.current_thread()]
         if threads:
             await asyncio.to_thread(_join_all, threads)
+        for positions in self._positions.values():
+            await positions.astop(_PROBE_JOIN_TIMEOUT)
         self.close()
 
     def reopen(self) -> None:

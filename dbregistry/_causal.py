@@ -70,6 +70,8 @@ _MAX_ENTRIES: Final = 16
 _MAX_TOKEN: Final = len(_VERSION) + 4 * math.ceil(_ENTRY.size * _MAX_ENTRIES / 3)
 # A read that found no replica caught up asks for fresh positions at most this often.
 REFRESH_INTERVAL: Final = 0.05
+# A sync read that found no replica caught up waits this long for the refresh it started.
+INLINE_WAIT: Final = 0.1
 # A refresh not finished after this long (a hung connect) no longer stops the next one.
 _REFRESH_STALE_AFTER: Final = 30.0
 
@@ -475,18 +477,19 @@ class PrimaryPositions:
         async_engine: Callable[[str], AsyncEngine],
         *,
         is_async: bool,
-    ) -> None:
-        """Refresh off the caller's path: a task on the running loop for async callers, else a thread."""
+    ) -> threading.Thread | None:
+        """Refresh off the caller's path: a task on the running loop for async callers, else a thread
+        (returned, for a sync caller to wait on for a bounded time)."""
         if is_async:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 self._done()
-                return
+                return None
             task = loop.create_task(self.arefresh(replicas, async_engine), name=f"dbregistry positions of {self.name}")
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-            return
+            return None
         thread = threading.Thread(
             target=self._refresh_in_thread,
             args=(replicas, engine),
@@ -499,6 +502,8 @@ class PrimaryPositions:
         except RuntimeError:  # the interpreter is shutting down
             self.threads.discard(thread)
             self._done()
+            return None
+        return thread
 
     def _refresh_in_thread(self, replicas: tuple[str, ...], engine: Callable[[str], Engine]) -> None:
         try:

@@ -337,8 +337,15 @@ class Router:
             if found is not None:
                 return found
             if causal.refresh_due():
+                # A sync caller waits (briefly) for the replicas' answer: right after a commit a replica
+                # has often replayed it already; an async one cannot block its loop and reads the primary.
                 names = tuple(r.name for r in route.replicas)
-                causal.start_refresh(names, self._engine, self._async_engine, is_async=is_async)
+                thread = causal.start_refresh(names, self._engine, self._async_engine, is_async=is_async)
+                if thread is not None:
+                    thread.join(_causal.INLINE_WAIT)
+                    found = causal.pick(position, route.active, next(route.counter))
+                    if found is not None:
+                        return found
         with self._count_lock:
             causal.behind += 1
         if logger.isEnabledFor(logging.DEBUG):
@@ -645,6 +652,8 @@ class Router:
         replicas = self._selected(name)
         for replica in replicas:
             self._probe_one(replica)
+        for primary, names in self._positions_of(replicas):
+            primary.refresh(names, self._engine)
         return self._status_of(replicas)
 
     async def acheck(self, name: str | None = None) -> dict[str, ReplicaStatus]:
@@ -653,7 +662,18 @@ class Router:
         replicas = self._selected(name)
         for replica in replicas:
             await self._aprobe_one(replica)
+        for primary, names in self._positions_of(replicas):
+            await primary.arefresh(names, self._async_engine)
         return self._status_of(replicas)
+
+    def _positions_of(self, replicas: Iterable[_Replica]) -> list[tuple[_causal.PrimaryPositions, tuple[str, ...]]]:
+        """The read-your-writes state of the primaries of ``replicas``, with the up replicas of each."""
+        found = []
+        for primary in dict.fromkeys(r.primary for r in replicas):
+            positions = self._positions.get(primary)
+            if positions is not None:
+                found.append((positions, tuple(r.name for r in self._routes[primary].replicas if r.up)))
+        return found
 
     def _check_open(self) -> None:
         if self._closed:

@@ -76,7 +76,7 @@ def registry(pg: PostgresServer, pg_replica: ReplicaServer, lagging: None) -> It
 
 def seen(engine: Any, key: str) -> bool:
     with engine.connect() as conn:
-        return conn.execute(text("select count(*) from causal_rows where id = :id"), {"id": key}).scalar() == 1
+        return bool(conn.execute(text("select count(*) from causal_rows where id = :id"), {"id": key}).scalar() == 1)
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -266,10 +266,10 @@ class TestAsync:
                             stale += found.scalar() != 1
                     else:
                         async with registry.async_session("primary", read_only=True) as session:
-                            found = await session.execute(
+                            in_session = await session.execute(
                                 text("select count(*) from causal_rows where id = :id"), {"id": key}
                             )
-                            stale += found.scalar() != 1
+                            stale += in_session.scalar() != 1
                 deadline = time.monotonic() + 15
                 while registry.async_reader("primary") is not replica:
                     assert time.monotonic() < deadline

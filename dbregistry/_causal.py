@@ -345,6 +345,7 @@ class PrimaryPositions:
     __slots__ = (
         "behind",
         "checked_at",
+        "floor",
         "key",
         "kind",
         "lag",
@@ -352,16 +353,20 @@ class PrimaryPositions:
         "name",
         "next_refresh",
         "primary_position",
-        "refreshing",
         "replayed",
+        "replicas",
         "tasks",
         "threads",
         "want_primary",
         "window_ms",
     )
 
-    def __init__(self, name: str, setting: str) -> None:
+    def __init__(self, name: str, setting: str, replicas: tuple[str, ...] = ()) -> None:
         self.name = name
+        self.replicas = replicas
+        # Marks at or below this need nothing: every replica has replayed them (lsn), or their
+        # window has ended (time). Only rises; lets the hot path skip the rest with one comparison.
+        self.floor = -1
         self.key = key_of(name)
         self.kind = LSN if setting == "lsn" else TIME
         self.window_ms = 0 if setting == "lsn" else int(seconds_of(setting) * 1000)
@@ -371,7 +376,6 @@ class PrimaryPositions:
         self.want_primary = False
         self.replayed: dict[str, int] = {}
         self.lag: dict[str, float | None] = {}
-        self.refreshing = False
         self.next_refresh = 0.0
         self.behind = 0  # reads sent to the primary because no replica had caught up
         self.tasks: set[asyncio.Task[None]] = set()
@@ -382,7 +386,9 @@ class PrimaryPositions:
         if mark.kind != self.kind:
             return None  # a mark of another mode (the setting changed since): not this mode's to judge
         if mark.kind == TIME:
-            return -1 if time.time() * 1000 < mark.value + self.window_ms else None
+            now_ms = int(time.time() * 1000)
+            self.floor = max(self.floor, now_ms - self.window_ms)
+            return -1 if now_ms < mark.value + self.window_ms else None
         position = mark.value
         if mark.arrived and position > self.primary_position:
             if self.checked_at > mark.arrived:
@@ -440,35 +446,46 @@ class PrimaryPositions:
 
     def refresh(self, replicas: tuple[str, ...], engine: Callable[[str], Engine]) -> None:
         """Ask each replica how far it replayed (and the primary how far it got, when a token needs it)."""
+        asked_at = time.monotonic()
+        want_primary, self.want_primary = self.want_primary, False
         try:
-            asked_at = time.monotonic()
-            want_primary, self.want_primary = self.want_primary, False
             if want_primary:
                 with engine(self.name).connect() as conn:
                     self._primary_at(conn.exec_driver_sql(_PRIMARY_NOW_SQL).scalar(), asked_at)
-            for name in replicas:
-                with engine(name).connect() as conn:
-                    self._replica_at(name, conn.exec_driver_sql(_REPLAYED_SQL).one())
         except Exception as e:  # health is the router's: a replica that fails is marked down there
-            logger.debug("read_your_writes: refreshing the positions of %r failed: %s", self.name, type(e).__name__)
+            self._failed(self.name, e)
+        try:
+            for name in replicas:
+                try:
+                    with engine(name).connect() as conn:
+                        self._replica_at(name, conn.exec_driver_sql(_REPLAYED_SQL).one())
+                except Exception as e:
+                    self._failed(name, e)
         finally:
             self._done()
 
     async def arefresh(self, replicas: tuple[str, ...], engine: Callable[[str], AsyncEngine]) -> None:
         """`refresh` with the async engines."""
+        asked_at = time.monotonic()
+        want_primary, self.want_primary = self.want_primary, False
         try:
-            asked_at = time.monotonic()
-            want_primary, self.want_primary = self.want_primary, False
             if want_primary:
                 async with engine(self.name).connect() as conn:
                     self._primary_at((await conn.exec_driver_sql(_PRIMARY_NOW_SQL)).scalar(), asked_at)
-            for name in replicas:
-                async with engine(name).connect() as conn:
-                    self._replica_at(name, (await conn.exec_driver_sql(_REPLAYED_SQL)).one())
         except Exception as e:
-            logger.debug("read_your_writes: refreshing the positions of %r failed: %s", self.name, type(e).__name__)
+            self._failed(self.name, e)
+        try:
+            for name in replicas:
+                try:
+                    async with engine(name).connect() as conn:
+                        self._replica_at(name, (await conn.exec_driver_sql(_REPLAYED_SQL)).one())
+                except Exception as e:
+                    self._failed(name, e)
         finally:
             self._done()
+
+    def _failed(self, name: str, error: Exception) -> None:
+        logger.debug("read_your_writes: the WAL position of %r could not be read: %s", name, type(error).__name__)
 
     def start_refresh(
         self,
@@ -542,6 +559,8 @@ class PrimaryPositions:
         replayed, lag = row
         self.replayed = {**self.replayed, name: -1 if replayed is None else int(replayed)}
         self.lag = {**self.lag, name: None if lag is None else float(lag)}
+        if self.kind == LSN:
+            self.floor = max(self.floor, min((self.replayed.get(r, -1) for r in self.replicas), default=-1))
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()

@@ -295,8 +295,13 @@ class Router:
         active = route.active
         if active:
             causal = route.causal
-            if causal is not None and (box := _causal.CURRENT.get()) is not None and causal.key in box.marks:
-                target = self._caught_up(route, causal, box.marks[causal.key], is_async=False)
+            if (
+                causal is not None
+                and (box := _causal.CURRENT.get()) is not None
+                and (mark := box.marks.get(causal.key)) is not None
+                and mark.value > causal.floor
+            ):
+                target = self._caught_up(route, causal, mark, is_async=False)
             else:
                 target = active[next(route.counter) % len(active)]
         else:
@@ -312,8 +317,13 @@ class Router:
         active = route.active
         if active:
             causal = route.causal
-            if causal is not None and (box := _causal.CURRENT.get()) is not None and causal.key in box.marks:
-                target = self._caught_up(route, causal, box.marks[causal.key], is_async=True)
+            if (
+                causal is not None
+                and (box := _causal.CURRENT.get()) is not None
+                and (mark := box.marks.get(causal.key)) is not None
+                and mark.value > causal.floor
+            ):
+                target = self._caught_up(route, causal, mark, is_async=True)
             else:
                 target = active[next(route.counter) % len(active)]
         else:
@@ -339,7 +349,7 @@ class Router:
             if causal.refresh_due():
                 # A sync caller waits (briefly) for the replicas' answer: right after a commit a replica
                 # has often replayed it already; an async one cannot block its loop and reads the primary.
-                names = tuple(r.name for r in route.replicas)
+                names = tuple(r.name for r in route.replicas if r.up)
                 thread = causal.start_refresh(names, self._engine, self._async_engine, is_async=is_async)
                 if thread is not None:
                     thread.join(_causal.INLINE_WAIT)
@@ -805,7 +815,8 @@ def _read_your_writes(
         if setting is None:
             setting = "lsn" if dialect_of(databases[name].url) == "postgresql" else "off"
         if setting != "off":
-            route.causal = positions[name] = _causal.PrimaryPositions(name, setting)
+            replicas = tuple(r.name for r in route.replicas)
+            route.causal = positions[name] = _causal.PrimaryPositions(name, setting, replicas)
     return positions
 
 

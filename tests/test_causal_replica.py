@@ -231,6 +231,14 @@ class TestSync:
             with registry.writer("primary").begin() as conn:
                 insert(conn, uuid.uuid4().hex)
             registry.reader("primary")
+        from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
+
+        from dbregistry.prometheus import RegistryCollector  # noqa: PLC0415
+
+        metrics = CollectorRegistry()
+        metrics.register(RegistryCollector(registry))
+        exposition = generate_latest(metrics).decode()
+        assert 'dbregistry_routing_read_your_writes_fallbacks_total{pool_name="primary"} 1.0' in exposition
         [line] = [m for m in caplog.messages if m.startswith("a read of")]
         assert line.startswith(
             "a read of 'primary' goes to 'primary': no replica is known to have replayed WAL position "

@@ -719,12 +719,12 @@ class Router:
         for thread in list(self._threads):
             if thread is not threading.current_thread():
                 thread.join(_PROBE_JOIN_TIMEOUT)
-        for positions in self._positions.values():
-            positions.stop(_PROBE_JOIN_TIMEOUT)
         for task in list(self._tasks):
             loop = task.get_loop()
             if not task.done() and loop.is_running() and not loop.is_closed():
                 loop.call_soon_threadsafe(task.cancel)
+        for positions in self._positions.values():
+            positions.stop(_PROBE_JOIN_TIMEOUT)
         self._forget()
 
     async def aclose(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,7 @@ class TestBlocks:
     def test_time_mode_sends_reads_to_the_primary_for_the_window(self, tmp_path: Path) -> None:
         for name in ("p.db", "r.db"):
             sqlite3.connect(tmp_path / name).close()
-        registry = Registry.from_dict(pair(tmp_path, read_your_writes="1s"), environ={})
+        registry = Registry.from_dict(pair(tmp_path, read_your_writes="30s"), environ={})
         replica, primary = registry.get("replica"), registry.get("primary")
         with registry.causal():
             assert registry.reader("primary") is replica
@@ -253,7 +254,9 @@ class TestBlocks:
                 conn.commit()
             assert registry.reader("primary") is primary
             assert registry.read_your_writes_fallbacks() == {"primary": 1}
-            time.sleep(1.1)
+            box = CURRENT.get()
+            assert box is not None
+            box.marks[key_of("primary")].value -= 30_000  # the window has passed
             assert registry.reader("primary") is replica
         assert registry.causal_token() is not None  # the block's write stays in the enclosing context
         registry.close()
@@ -270,6 +273,38 @@ class TestBlocks:
             return token
 
         assert asyncio.run(main()) is not None
+
+    def test_tasks_and_threads_without_a_block_are_separate(self, tmp_path: Path) -> None:
+        registry = Registry.from_dict(pair(tmp_path, read_your_writes="30s"), environ={})
+
+        def write() -> str | None:
+            with registry.writer("primary").begin() as conn:
+                conn.exec_driver_sql("create table if not exists t (x int)")
+            return registry.causal_token()
+
+        async def main() -> tuple[str | None, str | None, str | None]:
+            written = asyncio.Event()
+
+            async def writer() -> str | None:
+                token = await asyncio.to_thread(write)
+                written.set()
+                return token
+
+            async def other() -> str | None:
+                await written.wait()
+                return registry.causal_token()
+
+            first, second = await asyncio.gather(writer(), other())
+            return first, second, registry.causal_token()
+
+        wrote, other, parent = asyncio.run(main())
+        assert wrote is not None
+        assert (other, parent) == (None, None)
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join()
+        assert registry.causal_token() is None
+        registry.close()
 
 
 class TestWhatWrites:

@@ -360,9 +360,7 @@ class Router:
             causal.behind += 1
         if logger.isEnabledFor(logging.DEBUG):
             needs = f"WAL position {_causal.format_lsn(position)}" if position >= 0 else "its write window"
-            logger.debug(
-                "a read of %r goes to %r: no replica is known to have replayed %s", route.name, route.name, needs
-            )
+            logger.debug("a read of %r goes to the primary: no replica is known to have replayed %s", route.name, needs)
         return route.name
 
     def behind(self) -> dict[str, int]:

@@ -241,7 +241,7 @@ class TestSync:
         assert 'dbregistry_routing_read_your_writes_fallbacks_total{pool_name="primary"} 1.0' in exposition
         [line] = [m for m in caplog.messages if m.startswith("a read of")]
         assert line.startswith(
-            "a read of 'primary' goes to 'primary': no replica is known to have replayed WAL position "
+            "a read of 'primary' goes to the primary: no replica is known to have replayed WAL position "
         )
         assert PASSWORD not in caplog.text
 

@@ -75,18 +75,27 @@ INLINE_WAIT: Final = 0.1
 # A refresh not finished after this long (a hung connect) no longer stops the next one.
 _REFRESH_STALE_AFTER: Final = 30.0
 
+
 # The insert position covers the commit record even under synchronous_commit = off (the
 # write and flush positions can still be short of it), but on an idle primary it can lie
 # just past a page header (24 bytes, 40 at the start of a segment) that a replica which has
 # replayed everything reports only once more WAL comes: the header is taken off, so that
 # the position is one such a replica reaches. Numeric, not pg_lsn: asyncpg decodes pg_lsn
 # as an integer and psycopg as text.
-_POSITION_SQL: Final = (
+_POSITION_TEMPLATE: Final = (
     "select (pg_wal_lsn_diff(l, '0/0') - case when o = 40 then 40 "
     "when o % current_setting('wal_block_size')::int = 24 then 24 else 0 end)::text "
-    "from (select l, (pg_walfile_name_offset(l)).file_offset as o "
-    "from (select pg_current_wal_insert_lsn() as l) as i) as p"
+    "from (select l, (pg_walfile_name_offset(l)).file_offset as o from (select :lsn as l) as i) as p"
 )
+
+
+def position_sql(lsn: str = "pg_current_wal_insert_lsn()") -> str:
+    """The query of a commit's position: ``lsn`` (this module's expression, or a test's literal) in bytes,
+    less a page header it points just past."""
+    return _POSITION_TEMPLATE.replace(":lsn", lsn)
+
+
+_POSITION_SQL: Final = position_sql()
 _PRIMARY_NOW_SQL: Final = "select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::text"
 # NULL on a server that is not replaying (a promoted replica): its position says nothing.
 _REPLAYED_SQL: Final = (

@@ -246,6 +246,21 @@ class TestSync:
         assert PASSWORD not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("lsn", "position"),
+    [
+        ("0/3000028", 0x3000000),  # just past the long header of a segment's first page (seen on an idle primary)
+        ("0/3002018", 0x3002000),  # just past the short header of any other page
+        ("0/3002030", 0x3002030),  # a record's end
+        ("0/3000040", 0x3000040),
+    ],
+)
+def test_a_position_just_past_a_page_header_is_taken_before_it(pg: PostgresServer, lsn: str, position: int) -> None:
+    from dbregistry._causal import position_sql  # noqa: PLC0415
+
+    assert pg.psql(position_sql(f"'{lsn}'::pg_lsn"), database="app") == [(str(position),)]
+
+
 class TestAsync:
     def test_write_then_read_always_sees_the_write(self, registry: Registry) -> None:
         async def main() -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Figure 12: reading your own writes through a replica that replays 300 ms behind.
+"""Figure 14: reading your own writes through a replica that replays 300 ms behind.
 
 A paced 95% read / 5% write workload of simulated users, each with their own causal
 token (as a cookie would carry it): every read asks for the row its user wrote last,
@@ -175,7 +175,7 @@ def _round_trips(pg: Any, replica: Any, transactions: int) -> dict[str, float]:
     return per
 
 
-def figure_12(ctx: Context) -> FigureResult:
+def figure_14(ctx: Context) -> FigureResult:
     """Replica share and stale reads by mode; reader() cost with a token; extra round trips per transaction."""
     result = FigureResult()
     pg = ctx.postgres()

@@ -32,6 +32,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script, python bench/run.py: import the package from the repository root
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from bench.causal import figure_14
 from bench.common import (
     FULL,
     QUICK,
@@ -110,6 +111,14 @@ FIGURES: dict[int, Figure] = {
             "plain pool_pre_ping",
             "<= 1.1x",
             figure_13,
+            needs_postgres=True,
+        ),
+        Figure(
+            14,
+            "read your own writes, replica 300 ms behind",
+            "reader() without a token; off",
+            "0 stale; <= 1.5x; <= 1 round trip",
+            figure_14,
             needs_postgres=True,
         ),
     )

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from . import _health, _lifecycle, _routing, _sessions
+from . import _causal, _health, _lifecycle, _routing, _sessions
 from ._engines import build_async_engine, build_sync_engine, loop_of
 from ._errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
 from ._loader import LoadedConfig, load_config
@@ -479,6 +479,33 @@ class Registry:
         """
         return self._router.async_writer(name)
 
+    def causal_token(self) -> str | None:
+        """The current context's causal token: where the writes it made (or was given) have to be read.
+
+        >>> with registry.writer().begin() as conn:                  # doctest: +SKIP
+        ...     conn.execute(text("insert into t values (1)"))
+        >>> registry.causal_token()                                  # doctest: +SKIP
+        'v1.JH6mPAAAAAAAAwAAAA'
+
+        None when the context wrote nothing through a primary with ``read_your_writes``
+        and was given no token. It is short, opaque, safe in a cookie, header or job
+        payload, and holds no name or secret (each primary is a 4-byte hash of its name).
+        """
+        return _causal.current_token()
+
+    def causal(self, token: str | None = None) -> _causal.CausalBlock:
+        """A block (``with`` or ``async with``) in which ``token`` is current: its reads see the writes it
+        stands for, and the block's own writes stay in the enclosing context's token when it exits.
+
+        >>> def job(order_id: int, token: str | None) -> None:      # doctest: +SKIP
+        ...     with registry.causal(token):
+        ...         with registry.reader().connect() as conn:        # a replica that has replayed the token
+        ...             conn.execute(text("select * from orders where id = :id"), {"id": order_id})
+
+        A malformed or foreign token is ignored (logged on ``dbregistry.routing``), never raised.
+        """
+        return _causal.CausalBlock(token)
+
     def configure_routing(
         self,
         *,
@@ -546,6 +573,15 @@ class Registry:
                 for name, engine in _unique_engines(engines):
                     listener(name, mode, direct, engine)
             self._engine_listeners.append(listener)
+
+    def read_your_writes_fallbacks(self) -> dict[str, int]:
+        """How many reads of each database with read-your-writes went to it because no replica had replayed
+        the context's writes yet (beside `read_fallbacks`, which counts reads that found no healthy replica).
+
+        >>> registry.read_your_writes_fallbacks()            # doctest: +SKIP
+        {'primary': 12}
+        """
+        return self._router.behind()
 
     def read_fallbacks(self) -> dict[str, int]:
         """How many `reader` / `async_reader` calls of each database with replicas got its own engine, no replica being healthy."""

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 from sqlalchemy import event
 
+from . import _causal
 from ._errors import RegistryClosedError, UnknownDatabaseError
 from ._health import bounded_connect
 from ._secrets import describe_error, secrets_of
@@ -123,7 +124,8 @@ class ReplicaStatus:
 
     ``up`` is False while reads skip it; ``reason`` says why (the error, or the lag);
     ``lag_seconds`` is the last replay lag measured (PostgreSQL, else None);
-    ``retry_in`` is how long until the next probe of a down replica.
+    ``retry_in`` is how long until the next probe of a down replica;
+    ``replayed_lsn`` is the WAL position it had replayed when last asked for read-your-writes.
     """
 
     name: str
@@ -134,6 +136,7 @@ class ReplicaStatus:
     reason: str | None
     lag_seconds: float | None
     retry_in: float | None
+    replayed_lsn: str | None = None
 
 
 class _Replica:
@@ -179,6 +182,7 @@ class _Route:
     __slots__ = (
         "active",
         "announced",
+        "causal",
         "counter",
         "db_url",
         "fallbacks",
@@ -202,6 +206,7 @@ class _Route:
         self.fallbacks = 0  # reader() calls that found no healthy replica (changed under Router._count_lock)
         # 0.0: the first reader() call takes the slow path once (announcements, first lag check).
         self.next_check = 0.0
+        self.causal: _causal.PrimaryPositions | None = None  # read_your_writes (set by the router)
 
     @property
     def url(self) -> str:
@@ -259,6 +264,7 @@ class Router:
                 self._replicas[name] = replica
         for name, db in databases.items():
             self._routes[name] = _Route(name, _root(name, databases), db.url, tuple(replicas_of.get(name, ())))
+        self._positions = _read_your_writes(self._routes, databases)
         if registry.default is not None and registry.default in self._routes:
             self._routes[None] = self._routes[registry.default]
         _ROUTERS.add(self)
@@ -314,7 +320,16 @@ class Router:
             self._due(route, is_async=False)
         active = route.active
         if active:
-            target = active[next(route.counter) % len(active)]
+            causal = route.causal
+            if (
+                causal is not None
+                and (box := _causal.CURRENT.get()) is not None
+                and (mark := box.marks.get(causal.key)) is not None
+                and mark.value > causal.floor
+            ):
+                target = self._caught_up(route, causal, mark, is_async=False)
+            else:
+                target = active[next(route.counter) % len(active)]
         else:
             target = self._fall_back(route) if route.replicas else route.name
         engine = self._sync.get(target)
@@ -327,7 +342,16 @@ class Router:
             self._due(route, is_async=True)
         active = route.active
         if active:
-            target = active[next(route.counter) % len(active)]
+            causal = route.causal
+            if (
+                causal is not None
+                and (box := _causal.CURRENT.get()) is not None
+                and (mark := box.marks.get(causal.key)) is not None
+                and mark.value > causal.floor
+            ):
+                target = self._caught_up(route, causal, mark, is_async=True)
+            else:
+                target = active[next(route.counter) % len(active)]
         else:
             target = self._fall_back(route) if route.replicas else route.name
         engine = self._async.get(target)
@@ -337,6 +361,38 @@ class Router:
         with self._count_lock:
             route.fallbacks += 1
         return route.name
+
+    def _caught_up(self, route: _Route, causal: _causal.PrimaryPositions, mark: _causal.Mark, *, is_async: bool) -> str:
+        """A healthy replica that has replayed what the context's token needs of ``route``, else the primary."""
+        active = route.active
+        position = causal.needed(mark)
+        if position is None:
+            return active[next(route.counter) % len(active)]
+        if position >= 0:
+            found = causal.pick(position, active, next(route.counter))
+            if found is not None:
+                return found
+            if causal.refresh_due():
+                # A sync caller waits (briefly) for the replicas' answer: right after a commit a replica
+                # has often replayed it already; an async one cannot block its loop and reads the primary.
+                names = tuple(r.name for r in route.replicas if r.up)
+                thread = causal.start_refresh(names, self._engine, self._async_engine, is_async=is_async)
+                if thread is not None:
+                    thread.join(_causal.INLINE_WAIT)
+                    found = causal.pick(position, route.active, next(route.counter))
+                    if found is not None:
+                        return found
+        with self._count_lock:
+            causal.behind += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            needs = f"WAL position {_causal.format_lsn(position)}" if position >= 0 else "its write window"
+            logger.debug("a read of %r goes to the primary: no replica is known to have replayed %s", route.name, needs)
+        return route.name
+
+    def behind(self) -> dict[str, int]:
+        """Name to the number of reads that went to it because no replica had replayed the context's writes."""
+        with self._count_lock:
+            return {name: positions.behind for name, positions in self._positions.items()}
 
     def fallbacks(self) -> dict[str, int]:
         """Name to the number of reader() calls that went to it because none of its replicas was healthy."""
@@ -389,6 +445,9 @@ class Router:
         replica = self._replicas.get(name)
         if replica is not None:
             self._hook(engine, replica)
+        positions = self._positions.get(name)
+        if positions is not None:
+            _causal.instrument(engine, positions)
 
     def _hook(self, engine: Engine, replica: _Replica) -> None:
         """Mark ``replica`` down when a connection to it fails or is lost (once per engine: each is built once)."""
@@ -656,6 +715,8 @@ class Router:
         replicas = self._selected(name)
         for replica in replicas:
             self._probe_one(replica)
+        for primary, names in self._positions_of(replicas):
+            primary.refresh(names, self._engine)
         return self._status_of(replicas)
 
     async def acheck(self, name: str | None = None) -> dict[str, ReplicaStatus]:
@@ -664,7 +725,18 @@ class Router:
         replicas = self._selected(name)
         for replica in replicas:
             await self._aprobe_one(replica)
+        for primary, names in self._positions_of(replicas):
+            await primary.arefresh(names, self._async_engine)
         return self._status_of(replicas)
+
+    def _positions_of(self, replicas: Iterable[_Replica]) -> list[tuple[_causal.PrimaryPositions, tuple[str, ...]]]:
+        """The read-your-writes state of the primaries of ``replicas``, with the up replicas of each."""
+        found = []
+        for primary in dict.fromkeys(r.primary for r in replicas):
+            positions = self._positions.get(primary)
+            if positions is not None:
+                found.append((positions, tuple(r.name for r in self._routes[primary].replicas if r.up)))
+        return found
 
     def _check_open(self) -> None:
         if self._closed:
@@ -685,8 +757,9 @@ class Router:
                     weight=r.weight,
                     up=r.up,
                     reason=r.reason,
-                    lag_seconds=r.lag,
+                    lag_seconds=r.lag if r.lag is not None else _causal_of(self._positions, r).lag.get(r.name),
                     retry_in=None if r.up else max(0.0, r.next_check - now),
+                    replayed_lsn=_replayed_lsn(_causal_of(self._positions, r).replayed.get(r.name)),
                 )
                 for r in replicas
             }
@@ -699,11 +772,14 @@ class Router:
         The registry disposes the engines.
         """
         self._closed = True
+        deadline = time.monotonic() + timeout
         _join_all([t for t in self._threads if t is not threading.current_thread()], timeout)
         for task in list(self._tasks):
             loop = task.get_loop()
             if not task.done() and loop.is_running() and not loop.is_closed():
                 loop.call_soon_threadsafe(task.cancel)
+        for positions in self._positions.values():
+            positions.stop(max(0.0, deadline - time.monotonic()))
         self._forget()
 
     async def aclose(self, timeout: float = _PROBE_JOIN_TIMEOUT) -> None:
@@ -721,6 +797,8 @@ class Router:
         threads = [t for t in self._threads if t is not threading.current_thread()]
         if threads:
             await asyncio.to_thread(_join_all, threads, max(0.0, deadline - time.monotonic()))
+        for positions in self._positions.values():
+            await positions.astop(max(0.0, deadline - time.monotonic()))
         self.close(0.0)
 
     def reopen(self) -> None:
@@ -741,6 +819,8 @@ class Router:
         for route in self._unique_routes():
             route.probing = False
             self._reschedule(route)
+        for positions in self._positions.values():
+            positions.after_fork_in_child()
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -773,6 +853,35 @@ def weighted_order(items: Sequence[tuple[T, int]]) -> tuple[T, ...]:
         current[best] -= total
         order.append(items[best][0])
     return tuple(order)
+
+
+_NO_POSITIONS: Final = _causal.PrimaryPositions("", "lsn")
+
+
+def _read_your_writes(
+    routes: Mapping[str | None, _Route], databases: Mapping[str, DatabaseConfig]
+) -> dict[str, _causal.PrimaryPositions]:
+    """The read-your-writes state of each database with replicas whose ``read_your_writes`` is not off
+    (PostgreSQL: ``lsn`` unless declared otherwise)."""
+    positions: dict[str, _causal.PrimaryPositions] = {}
+    for name, route in routes.items():
+        if name is None or not route.replicas:
+            continue
+        setting = databases[name].read_your_writes
+        if setting is None:
+            setting = "lsn" if dialect_of(databases[name].url) == "postgresql" else "off"
+        if setting != "off":
+            replicas = tuple(r.name for r in route.replicas)
+            route.causal = positions[name] = _causal.PrimaryPositions(name, setting, replicas)
+    return positions
+
+
+def _causal_of(positions: Mapping[str, _causal.PrimaryPositions], replica: _Replica) -> _causal.PrimaryPositions:
+    return positions.get(replica.primary, _NO_POSITIONS)
+
+
+def _replayed_lsn(value: int | None) -> str | None:
+    return None if value is None or value < 0 else _causal.format_lsn(value)
 
 
 def _root(name: str, databases: Mapping[str, DatabaseConfig]) -> str:

@@ -134,6 +134,23 @@ def replica_of_names_another_database(name: str, db: DatabaseConfig, databases: 
 
 
 @rule
+def read_your_writes_fits_the_database(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
+    if db.read_your_writes is None:
+        return
+    if db.replica_of is not None:
+        yield (
+            "read_your_writes",
+            f"declare read_your_writes on the primary ({db.replica_of}): it follows the writes made there",
+        )
+    elif db.read_your_writes == "lsn" and dialect_of(db.url) != "postgresql":
+        yield (
+            "read_your_writes",
+            f"lsn follows PostgreSQL's WAL positions; this URL is {dialect_of(db.url)}: "
+            "use a duration such as 2s (reads go to the primary that long after a write), or off",
+        )
+
+
+@rule
 def settings_that_work_behind_a_transaction_pooler(name: str, db: DatabaseConfig, _: Declared) -> Iterator[Finding]:
     pooler = detect_pooler(db)
     if not pooler.transaction_mode:

@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlalchemy.engine import URL
 
+from ._causal import SettingError, normalize_setting
 from ._hosts import parse_host
 from ._pools import PoolName, normalize_pool_name
 from ._secrets import mask_mapping, normalize_url
@@ -192,6 +193,11 @@ class DatabaseConfig(BaseModel):
     session: SessionConfig | None = Field(
         default=None, description="defaults for this database's ORM sessions; beats the top-level `session:`"
     )
+    read_your_writes: str | None = Field(
+        default=None,
+        description="after a write, where its reads go: lsn (a replica that has replayed it; PostgreSQL's default), "
+        "a duration such as 2s (the primary, for that long), or off",
+    )
 
     # The URL fields whose own password, from a higher source, beats password_file (the loader decides).
     _password_file_skips: set[str] = PrivateAttr(default_factory=set)
@@ -218,6 +224,16 @@ class DatabaseConfig(BaseModel):
                 {"levels": ", ".join(ISOLATION_LEVELS), "value": value},
             )
         return level
+
+    @field_validator("read_your_writes", mode="before")
+    @classmethod
+    def _read_your_writes(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        try:
+            return normalize_setting(value)
+        except SettingError as e:
+            raise PydanticCustomError("read_your_writes", str(e)) from None
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

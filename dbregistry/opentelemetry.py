@@ -129,6 +129,12 @@ class _Instruments:
             unit="{read}",
             description="reader() calls of a database with replicas that got the database itself, no replica being healthy.",
         )
+        meter.create_observable_counter(
+            "dbregistry.routing.read_your_writes_fallbacks",
+            [self._read_your_writes_fallbacks],
+            unit="{read}",
+            description="Reads of a database with read_your_writes sent to it: no replica had replayed the writes.",
+        )
         health = _histogram(
             meter, "dbregistry.health.latency", "s", "Time to check out a connection and run a health check ping."
         )
@@ -186,6 +192,13 @@ class _Instruments:
         if registry is None or registry.closed:
             return []
         return [Observation(count, {POOL_NAME: name}) for name, count in registry.read_fallbacks().items()]
+
+    def _read_your_writes_fallbacks(self, options: CallbackOptions) -> Iterable[Observation]:
+        registry = self._registry()
+        if registry is None or registry.closed:
+            return []
+        counts = registry.read_your_writes_fallbacks()
+        return [Observation(count, {POOL_NAME: name}) for name, count in counts.items()]
 
 
 def _recorder(histograms: dict[str, Histogram], pool: PoolMeter) -> Recorder:

@@ -19,6 +19,7 @@ section for the table.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final
@@ -70,13 +71,25 @@ class RegistryCollector(Collector):
         registry = self._registry()
         if registry is None or registry.closed:
             return self.describe()
-        return _families(
+        families = _families(
             self._meters.pools(), registry.replica_status(), registry.read_fallbacks(), self._meters.health.snapshot()
         )
+        return itertools.chain(families, [_read_your_writes(registry.read_your_writes_fallbacks())])
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples: registering a second collector into one `CollectorRegistry` fails."""
-        return _families([], {}, {}, {})
+        return itertools.chain(_families([], {}, {}, {}), [_read_your_writes({})])
+
+
+def _read_your_writes(counts: Mapping[str, int]) -> Metric:
+    family = CounterMetricFamily(
+        "dbregistry_routing_read_your_writes_fallbacks",
+        "Reads of a database with read_your_writes sent to it because no replica had replayed the context's writes.",
+        labels=["pool_name"],
+    )
+    for name, count in counts.items():
+        family.add_metric([name], count)
+    return family
 
 
 def _families(

@@ -19,6 +19,10 @@ fresh clone: ``POST /visits?note=hi``, ``GET /visits/count``, ``GET /health/db``
   itself when none is declared or none is healthy). They commit nothing: the
   endpoint commits. The shipped file declares ``session: {expire_on_commit: false}``,
   so ``visit.id`` is readable after ``await session.commit()``.
+- ``CausalConsistencyMiddleware`` lets a client read its own writes: after
+  ``POST /visits`` the response carries a causal token (cookie and
+  ``X-Causal-Token`` header), and the client's next reads go to a replica that
+  has replayed the write, else to the primary.
 - ``GET /health/db`` pings the databases this app uses (its primary and that
   primary's replicas, not every database in the file) concurrently and answers
   503 when one is down, for a load balancer or an orchestrator's readiness probe.
@@ -43,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dbregistry import Registry
+from dbregistry.asgi import CausalConsistencyMiddleware
 from dbregistry.prometheus import RegistryCollector
 
 HEALTH_TIMEOUT = 2.0
@@ -83,6 +88,7 @@ def create_app(registry: Registry | None = None, *, database: str | None = None)
     Reads = Annotated[AsyncSession, Depends(registry.async_session_dependency(database, read_only=True))]  # noqa: N806
 
     app = FastAPI(title="dbregistry example", lifespan=lifespan)
+    app.add_middleware(CausalConsistencyMiddleware, registry=registry)
     app.state.registry = registry
     metrics = metrics_registry(registry)
 

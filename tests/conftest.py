@@ -13,6 +13,16 @@ from servers import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_causal_token() -> Iterator[None]:
+    """Each test starts with no read-your-writes token: a write in one test must not route the reads of the next."""
+    from dbregistry._causal import CURRENT  # noqa: PLC0415
+
+    reset = CURRENT.set(None)
+    yield
+    CURRENT.reset(reset)
+
+
 def _require(reason: str | None) -> None:
     if reason is None:
         return

@@ -98,11 +98,15 @@ def test_reads_on_the_replica_writes_on_the_primary_and_nothing_left_after_shutd
         pg_replica.wait_for_replay()
         stats = registry.stats()
         assert "replica" not in stats  # nothing has read yet
+        # The client's cookie asks for a replica that has replayed its writes: the check tells routing it has.
+        registry.check_replicas()
         response = client.get("/visits/count")
         assert response.status_code == 200
         assert response.json() == {"count": 2}
-        # The read went to the replica's pool (the write could not have: it is read-only).
-        assert registry.stats()["replica"].checked_in == 1
+        # The read went to the replica's pool (the write could not have: it is read-only): its
+        # async pool holds the read's connection, its sync pool the check's.
+        assert registry.stats()["replica"].checked_in == 2
+        assert registry.read_your_writes_fallbacks() == {"primary": 0}
 
         health = client.get("/health/db")
         assert health.status_code == 200

@@ -42,6 +42,7 @@ NAMES = {
     "dbregistry_replica_up",
     "dbregistry_replica_lag_seconds",
     "dbregistry_routing_fallbacks",
+    "dbregistry_routing_read_your_writes_fallbacks",
     "dbregistry_health_latency_seconds",
 }
 

@@ -81,6 +81,8 @@ WRONG_VALUES: list[tuple[str, Any, str, str]] = [
         "password_provider",
         "must be package.module:function (a dotted module path, ':', the function's name)",
     ),
+    ("read_your_writes", "-2s", "read_your_writes", "must be lsn, off or a duration above 0 such as 2s, got '-2s'"),
+    ("read_your_writes", "sometimes", "read_your_writes", "must be lsn, off or a duration such as 2s, got 'sometimes'"),
     ("session", 3, "session", "must be a mapping of session options (expire_on_commit, autoflush, autobegin), got 3"),
 ]
 

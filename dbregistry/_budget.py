@@ -33,9 +33,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._health import bounded_connect, describe_error, secrets_of
+from ._connect import bounded_connect
 from ._poolers import detect as detect_pooler
 from ._rules import effective_pool_class
+from ._secrets import describe_error, secrets_of
 from ._urls import dialect_of, is_sqlite, mask
 
 if TYPE_CHECKING:

@@ -19,20 +19,18 @@ password: they go through `dbregistry._secrets.describe_error` (URLs and
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
-import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from sqlalchemy import event, literal_column, select
+from sqlalchemy import literal_column, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from ._connect import bounded_connect
 from ._errors import RegistryClosedError
 from ._secrets import describe_error, secrets_of
 
@@ -48,7 +46,6 @@ __all__ = [
     "HealthReport",
     "PoolStats",
     "Status",
-    "bounded_connect",
     "check_health",
     "check_health_async",
     "describe_error",
@@ -176,62 +173,6 @@ def pool_figures(
                 total += more
             figures[name] = total
     return figures
-
-
-# -- bounding the connect -------------------------------------------------------------
-
-_CONNECT_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "dbregistry_connect_timeout", default=None
-)
-
-# The connect() keyword each driver takes for its connect timeout, and whether it wants whole seconds.
-_TIMEOUT_KEYWORDS: Final[dict[str, tuple[str, bool]]] = {
-    "psycopg": ("connect_timeout", True),
-    "psycopg_async": ("connect_timeout", True),
-    "psycopg2": ("connect_timeout", True),
-    "asyncpg": ("timeout", False),
-    "pg8000": ("timeout", False),
-    "pymysql": ("connect_timeout", True),
-    "mysqldb": ("connect_timeout", True),
-    "aiomysql": ("connect_timeout", True),
-    "asyncmy": ("connect_timeout", True),
-}
-
-
-def _bound_connect_timeout(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-    timeout = _CONNECT_TIMEOUT.get()
-    if timeout is None:
-        return
-    known = _TIMEOUT_KEYWORDS.get(dialect.driver)
-    if known is None:
-        return
-    keyword, whole_seconds = known
-    value: float = max(1, math.ceil(timeout)) if whole_seconds else timeout
-    current = cparams.get(keyword)
-    with contextlib.suppress(TypeError, ValueError):
-        if current is not None and 0 < float(current) <= value:
-            return
-    cparams[keyword] = value
-
-
-def _watch_connects(engine: Engine) -> None:
-    if not event.contains(engine, "do_connect", _bound_connect_timeout):
-        event.listen(engine, "do_connect", _bound_connect_timeout)
-
-
-@contextlib.contextmanager
-def bounded_connect(engine: Engine, timeout: float) -> Iterator[None]:
-    """Inside the block, new connections of ``engine`` opened by this thread or task give up after ``timeout``.
-
-    It sets the driver's own connect timeout (whole seconds for libpq, which
-    waits 2 s at least); connections already pooled are not affected.
-    """
-    _watch_connects(engine)
-    token = _CONNECT_TIMEOUT.set(timeout)
-    try:
-        yield
-    finally:
-        _CONNECT_TIMEOUT.reset(token)
 
 
 # -- one ping -------------------------------------------------------------------------

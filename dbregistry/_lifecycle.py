@@ -35,7 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CloseError
-from ._health import describe_error
+from ._secrets import describe_error
 
 if TYPE_CHECKING:
     from ._registry import Registry

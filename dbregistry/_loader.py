@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
+from ._envsettings import ENV_PREFIX, NESTING, read_env_file
 from ._errors import ConfigError, Problem, closest, redact, unknown_name_message
 from ._interpolation import interpolate_tree, referenced_variables, substitutions
 from ._pairs import Where, check_pairs
@@ -28,8 +29,6 @@ from ._rules import check
 from ._schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, SessionConfig, field_names
 from ._secrets import NotUtf8Error, looks_like_credentials, shown_name, utf8_text
 from ._sources import (
-    ENV_PREFIX,
-    NESTING,
     Merged,
     Origin,
     Origins,
@@ -108,8 +107,6 @@ def load_config(
     if env_file is not None:
         dotenv_label = f" (from {os.fspath(env_file)})"
         if Path(env_file).is_file():
-            from ._envsettings import read_env_file  # noqa: PLC0415  (pydantic-settings: only when there is a file)
-
             try:
                 dotenv = read_env_file(env_file)
             except NotUtf8Error as e:

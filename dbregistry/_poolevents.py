@@ -47,7 +47,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from ._health import describe_error, pool_stats, secrets_of
+from ._health import pool_stats
+from ._secrets import describe_error, secrets_of
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from ._envsettings import ENV_PREFIX, NESTING, read_prefixed
 from ._schema import NAME_PATTERN
 from ._yamlfile import PathKey, YamlDocument, line_of
 
 __all__ = [
-    "ENV_PREFIX",
     "Layer",
     "Merged",
     "Origin",
@@ -31,9 +31,6 @@ __all__ = [
     "merge",
     "url_variable",
 ]
-
-ENV_PREFIX = "DBREGISTRY_"
-NESTING = "__"  # DBREGISTRY_DATABASES__REPLICA__POOL_SIZE
 
 
 class Precedence(IntEnum):
@@ -249,10 +246,6 @@ def prefixed_env_layer(environ: Mapping[str, str], precedence: Precedence, label
     names = {k.upper(): k for k in environ if k.upper().startswith(ENV_PREFIX)}
     data: dict[str, Any] = {}
     if names:
-        # pydantic-settings is imported only now: ~20 ms that a cold start without
-        # DBREGISTRY_* variables does not pay.
-        from ._envsettings import read_prefixed  # noqa: PLC0415
-
         data = read_prefixed(environ)
     databases = data.get("databases")
     if isinstance(databases, dict):

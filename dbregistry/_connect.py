@@ -34,6 +34,7 @@ from typing import Any, Final
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 
+from ._errors import DBRegistryError
 from ._urls import DriverError, resolve_driver
 
 __all__ = [
@@ -55,7 +56,7 @@ class Refusal:
     message: str
 
 
-class RefusedError(ValueError):
+class RefusedError(DBRegistryError, ValueError):
     """Raised when an engine is built from settings `refusals` would have reported."""
 
 

@@ -7,7 +7,11 @@ The hierarchy::
     ├── UnknownDatabaseError (KeyError)  a name that was not declared
     ├── RegistryClosedError (RuntimeError)  the registry was closed
     ├── EventLoopError (RuntimeError)    an async engine's connections belong to another event loop
-    └── CloseError (ExceptionGroup)      disposing some engines failed; all were attempted
+    ├── CloseError (ExceptionGroup)      disposing some engines failed; all were attempted
+    └── (internal, each becomes a ConfigError problem before it reaches a caller)
+        ├── InterpolationError (ValueError)  a ``${...}`` that cannot be substituted
+        ├── DriverError (ValueError)         no driver is known for the mode asked
+        └── RefusedError (ValueError)        a connection setting one driver cannot take
 
 No message built here ever contains a password: values are described, URLs are
 rendered through SQLAlchemy's ``render_as_string(hide_password=True)``, and the

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ._errors import DBRegistryError
 from ._secrets import NotUtf8Error, utf8_text
 
 __all__ = ["InterpolationError", "interpolate", "interpolate_tree", "referenced_variables", "substitutions"]
@@ -31,7 +32,7 @@ _PATTERN = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?)(?P<arg>.*))?\Z", re.S)
 
 
-class InterpolationError(ValueError):
+class InterpolationError(DBRegistryError, ValueError):
     """A ``${...}`` that cannot be substituted; the message names the variable."""
 
 

@@ -16,6 +16,7 @@ from typing import Final
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from ._errors import DBRegistryError
 from ._secrets import check_url_text, normalize_url
 from ._secrets import mask_url as mask
 
@@ -119,7 +120,7 @@ _DIALECTS: Final[dict[str, _Dialect]] = {
 _DIALECTS["mariadb"] = _DIALECTS["mysql"]
 
 
-class DriverError(ValueError):
+class DriverError(DBRegistryError, ValueError):
     """No driver is known for the mode asked; the message names the one to declare."""
 
 

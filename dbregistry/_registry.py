@@ -61,9 +61,17 @@ class Registry:
     dispose every engine that was built.
     """
 
-    def __init__(self, config: RegistryConfig | LoadedConfig) -> None:
-        if isinstance(config, RegistryConfig):
-            config = LoadedConfig(config=config, origins=Origins(), source="RegistryConfig")
+    def __init__(self, config: RegistryConfig) -> None:
+        self._init(LoadedConfig(config=config, origins=Origins(), source="RegistryConfig"))
+
+    @classmethod
+    def _of(cls, loaded: LoadedConfig) -> Self:
+        """A registry of a loaded configuration (one that knows where each value came from)."""
+        registry = cls.__new__(cls)
+        registry._init(loaded)
+        return registry
+
+    def _init(self, config: LoadedConfig) -> None:
         self._loaded = config
         self._databases: Mapping[str, DatabaseConfig] = config.config.databases
         self._default = config.config.default
@@ -103,7 +111,7 @@ class Registry:
         Raises `ConfigError` listing every problem found.
         """
         document = load_yaml_file(path, limits)
-        return cls(
+        return cls._of(
             load_config(document=document, environ=environ, env_file=env_file, profile=profile, overrides=overrides)
         )
 
@@ -124,7 +132,7 @@ class Registry:
             )
             raise ConfigError([problem], origin="from_dict")
         document = YamlDocument(data=copy.deepcopy(dict(mapping)), file="from_dict", from_file=False)
-        return cls(
+        return cls._of(
             load_config(document=document, environ=environ, env_file=env_file, profile=profile, overrides=overrides)
         )
 
@@ -138,7 +146,7 @@ class Registry:
     ) -> Self:
         """Only the environment (and a ``.env`` file when present): ``DATABASE_URL``,
         ``DBREGISTRY_DATABASES__<NAME>__<FIELD>``, ``DBREGISTRY_DEFAULT``."""
-        return cls(
+        return cls._of(
             load_config(
                 document=None,
                 environ=environ,
@@ -162,7 +170,7 @@ class Registry:
         environment and a ``.env`` file (when present) layered on top."""
         variables = os.environ if environ is None else environ
         path = config if config is not None else variables.get(_CONFIG_VARIABLE)
-        return cls(
+        return cls._of(
             load_config(
                 document=load_yaml_file(path) if path else None,
                 environ=environ,
@@ -225,8 +233,7 @@ class Registry:
 
     # -- engines ------------------------------------------------------------------------
 
-    # `direct` is not keyword-only: CPython 3.11 calls such functions ~20 ns slower (bench figure 1).
-    def get(self, name: str | None = None, direct: bool = False) -> Engine:
+    def get(self, name: str | None = None, *, direct: bool = False) -> Engine:
         """The sync engine of ``name`` (the default database when None), built on first use.
 
         ``direct=True`` gives the engine on the database's ``direct_url``, past
@@ -242,7 +249,7 @@ class Registry:
         engine: Engine = self._build(name, self._sync, build_sync_engine)
         return engine
 
-    def get_async(self, name: str | None = None, direct: bool = False) -> AsyncEngine:
+    def get_async(self, name: str | None = None, *, direct: bool = False) -> AsyncEngine:
         """The async engine of ``name`` (the default database when None), built on first use.
 
         ``direct=True`` as for `get`.

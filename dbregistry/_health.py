@@ -46,8 +46,8 @@ __all__ = [
     "HealthReport",
     "PoolStats",
     "Status",
+    "acheck_health",
     "check_health",
-    "check_health_async",
     "describe_error",
     "observe_health",
     "pool_figures",
@@ -214,7 +214,7 @@ def _retry_once(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
-def _ping_sync(engine: Engine, replica: bool, timeout: float) -> _Answer:
+def _ping(engine: Engine, replica: bool, timeout: float) -> _Answer:
     with bounded_connect(engine, timeout):
         try:
             with engine.connect() as conn:
@@ -226,7 +226,7 @@ def _ping_sync(engine: Engine, replica: bool, timeout: float) -> _Answer:
             return _probe(conn, replica, timeout)
 
 
-async def _ping_async(engine: AsyncEngine, replica: bool, timeout: float) -> _Answer:
+async def _aping(engine: AsyncEngine, replica: bool, timeout: float) -> _Answer:
     def probe(conn: Connection) -> _Answer:
         return _probe(conn, replica, timeout)
 
@@ -278,7 +278,7 @@ _OBSERVERS: weakref.WeakKeyDictionary[Registry, list[HealthObserver]] = weakref.
 
 
 def observe_health(registry: Registry, observer: HealthObserver) -> None:
-    """Call ``observer(name, mode, report)`` for every report `check_health` / `check_health_async` return for ``registry``."""
+    """Call ``observer(name, mode, report)`` for every report `check_health` / `acheck_health` return for ``registry``."""
     _OBSERVERS.setdefault(registry, []).append(observer)
 
 
@@ -332,14 +332,14 @@ def check_health(
 def _run_ping(engine: Engine, db: DatabaseConfig, timeout: float, results: dict[str, HealthReport], name: str) -> None:
     started = time.monotonic()
     try:
-        answer = _ping_sync(engine, db.replica_of is not None, timeout)
+        answer = _ping(engine, db.replica_of is not None, timeout)
     except Exception as e:
         results[name] = _failed(e, secrets_of(db), pool_stats(engine.pool))
     else:
         results[name] = _up(answer, started, pool_stats(engine.pool))
 
 
-async def check_health_async(
+async def acheck_health(
     registry: Registry, timeout: float = 5.0, names: Iterable[str] | None = None
 ) -> dict[str, HealthReport]:
     """Ping every database (or ``names``) with its async engine, concurrently; see `Registry.ahealth`."""
@@ -354,7 +354,7 @@ async def check_health_async(
             return _failed(e, secrets_of(db), None)
         started = time.monotonic()
         try:
-            answer = await asyncio.wait_for(_ping_async(engine, db.replica_of is not None, timeout), timeout)
+            answer = await asyncio.wait_for(_aping(engine, db.replica_of is not None, timeout), timeout)
         except TimeoutError:
             return _timed_out(timeout, pool_stats(engine.sync_engine.pool))
         except Exception as e:

@@ -607,7 +607,7 @@ class Registry:
         """Dispose every engine built, awaiting the async ones; idempotent. Closed until `reopen`, as `close`."""
         await self._router.aclose()
         sync, async_ = self._detach()
-        failures = await _dispose_async(async_)
+        failures = await _adispose(async_)
         failures += _dispose_sync(sync)
         if failures:
             raise CloseError(failures)
@@ -658,7 +658,7 @@ class Registry:
 
         >>> reports = await registry.ahealth(timeout=1.0)    # doctest: +SKIP
         """
-        return await _health.check_health_async(self, timeout, names)
+        return await _health.acheck_health(self, timeout, names)
 
     def stats(self) -> dict[str, _health.PoolStats]:
         """SQLAlchemy's pool figures (``size``, ``checked_out``, ``overflow``, ``checked_in``) of every built engine.
@@ -737,7 +737,7 @@ def _dispose_async_from_sync(name: str, engine: AsyncEngine) -> None:
         loop.run_until_complete(engine.dispose())
 
 
-async def _dispose_async(engines: list[tuple[str, AsyncEngine]]) -> list[tuple[str, Exception]]:
+async def _adispose(engines: list[tuple[str, AsyncEngine]]) -> list[tuple[str, Exception]]:
     results = await asyncio.gather(*(engine.dispose() for _, engine in engines), return_exceptions=True)
     failures: list[tuple[str, Exception]] = []
     for (name, _), result in zip(engines, results, strict=True):

@@ -503,7 +503,7 @@ class Router:
     def _start_probe(self, route: _Route, due: list[_Replica], loop: asyncio.AbstractEventLoop | None) -> None:
         name = f"dbregistry probe of {route.name}"
         if loop is not None:
-            probe = self._probe_async(route, due)
+            probe = self._aprobe(route, due)
             try:
                 task = loop.create_task(probe, name=name)
             except RuntimeError:  # the loop is closing
@@ -513,7 +513,7 @@ class Router:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        thread = threading.Thread(target=self._probe_sync, args=(route, due), name=name, daemon=True)
+        thread = threading.Thread(target=self._probe, args=(route, due), name=name, daemon=True)
         self._threads.add(thread)
         try:
             thread.start()
@@ -546,7 +546,7 @@ class Router:
         self._reschedule(route)
         return messages
 
-    def _probe_sync(self, route: _Route, due: Sequence[_Replica]) -> None:
+    def _probe(self, route: _Route, due: Sequence[_Replica]) -> None:
         try:
             for replica in due:
                 if self._closed:
@@ -558,7 +558,7 @@ class Router:
                 self._reschedule(route)
             self._threads.discard(threading.current_thread())
 
-    async def _probe_async(self, route: _Route, due: Sequence[_Replica]) -> None:
+    async def _aprobe(self, route: _Route, due: Sequence[_Replica]) -> None:
         try:
             for replica in due:
                 if self._closed:

@@ -45,7 +45,7 @@ from ._engines import engine_spec
 from ._errors import CloseError, ConfigError, unknown_name_message
 from ._health import HealthReport
 from ._poolers import detect as detect_pooler
-from ._pools import POOL_NAMES, accepted_options
+from ._pools import POOL_NAMES, QUEUE_OPTIONS, accepted_options, sqlalchemy_defaults
 from ._registry import Registry
 from ._rules import effective_pool_class
 from ._schema import NAME_PATTERN, DatabaseConfig, RegistryConfig
@@ -59,22 +59,6 @@ EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
 EXIT_USAGE: Final = 2
 
-# What SQLAlchemy uses for an option left unset (create_engine's and the pools' own defaults).
-SQLALCHEMY_DEFAULTS: Final[dict[str, Any]] = {
-    "pool_size": 5,
-    "max_overflow": 10,
-    "pool_timeout": 30.0,
-    "pool_recycle": -1,
-    "pool_pre_ping": False,
-    "pool_use_lifo": False,
-    "pool_reset_on_return": "rollback",
-    "echo": False,
-    "echo_pool": False,
-    "isolation_level": None,
-    "connect_args": {},
-    "execution_options": {},
-}
-_QUEUE_ONLY: Final = frozenset({"pool_size", "max_overflow", "pool_timeout", "pool_use_lifo"})
 _ALIASES: Final = {name: info.alias for name, info in DatabaseConfig.model_fields.items() if info.alias}
 
 
@@ -225,10 +209,10 @@ def effective_fields(registry: Registry, name: str) -> list[dict[str, Any]]:
         elif field == "pooler":
             found = detect_pooler(db)
             value, label = found.mode, (f"detected: {found.reason}" if found.mode != "none" else "default")
-        elif field in _QUEUE_ONLY and field not in accepted_options(pool_class):
+        elif field in QUEUE_OPTIONS and field not in accepted_options(pool_class):
             value, label = None, f"not used by {pool_class}"
         else:
-            value, label = copy.deepcopy(SQLALCHEMY_DEFAULTS.get(field, value)), "default"
+            value, label = sqlalchemy_defaults().get(field, value), "default"
         if field in ("connect_args", "driver_args") and isinstance(value, dict):
             value = mask_mapping(value)
         if field == "session":

@@ -24,7 +24,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import literal_column, select
 from sqlalchemy.exc import DBAPIError
@@ -32,6 +32,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ._connect import bounded_connect
 from ._errors import RegistryClosedError
+from ._replication import REPLICA_STATE_SQL
 from ._secrets import describe_error, secrets_of
 
 if TYPE_CHECKING:
@@ -177,13 +178,6 @@ def pool_figures(
 
 # -- one ping -------------------------------------------------------------------------
 
-_REPLICA_SQL: Final = (
-    "SELECT pg_is_in_recovery(), "
-    "CASE WHEN NOT pg_is_in_recovery() THEN NULL "
-    "WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
-)
-
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
@@ -202,7 +196,7 @@ def _probe(conn: Connection, replica: bool, timeout: float) -> _Answer:
     version = ".".join(str(part) for part in info) if info else None
     answer = _Answer(version)
     if replica and postgres:
-        in_recovery, lag = conn.exec_driver_sql(_REPLICA_SQL).one()
+        in_recovery, lag = conn.exec_driver_sql(REPLICA_STATE_SQL).one()
         answer = _Answer(version, bool(in_recovery), float(lag) if lag is not None else None)
     conn.rollback()
     return answer

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 from sqlalchemy import event
 
 from ._errors import RegistryClosedError, UnknownDatabaseError
+from ._replication import REPLICA_STATE_SQL
 from ._secrets import describe_error, secrets_of
 from ._urls import dialect_of, mask
 
@@ -82,13 +83,6 @@ _PROBE_STALE_AFTER: Final = 60.0
 # Weights are reduced to a cycle of at most this many slots (precomputed once per state change).
 _MAX_CYCLE: Final = 4096
 
-# Zero when the replica has replayed all it received: an idle primary sends nothing, and
-# now() - last replay timestamp would grow without any lag. NULL (unknown) counts as no lag.
-_PG_LAG_SQL: Final = (
-    "select case when not pg_is_in_recovery() then 0 "
-    "when pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() then 0 "
-    "else extract(epoch from now() - pg_last_xact_replay_timestamp()) end"
-)
 _PING_SQL: Final = "select 1"
 # 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 57P04 database_dropped.
 _DOWN_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "57P04"})
@@ -745,7 +739,7 @@ def _describe(error: BaseException, secrets: Iterable[str]) -> str:
 
 def _measure(conn: Connection, replica: _Replica) -> float | None:
     if replica.measures_lag:
-        value = conn.exec_driver_sql(_PG_LAG_SQL).scalar()
+        _, value = conn.exec_driver_sql(REPLICA_STATE_SQL).one()
         return None if value is None else float(value)
     conn.exec_driver_sql(_PING_SQL).scalar()
     return None
@@ -753,7 +747,8 @@ def _measure(conn: Connection, replica: _Replica) -> float | None:
 
 async def _ameasure(conn: AsyncConnection, replica: _Replica) -> float | None:
     if replica.measures_lag:
-        value = (await conn.exec_driver_sql(_PG_LAG_SQL)).scalar()
+        row: Sequence[Any] = (await conn.exec_driver_sql(REPLICA_STATE_SQL)).one()
+        value = row[1]
         return None if value is None else float(value)
     (await conn.exec_driver_sql(_PING_SQL)).scalar()
     return None

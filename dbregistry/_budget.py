@@ -43,7 +43,7 @@ from ._urls import dialect_of, is_sqlite, mask
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-    from ._registry import Registry
+    from ._provider import EngineProvider
     from ._schema import DatabaseConfig, RegistryConfig
 
 __all__ = [
@@ -271,7 +271,7 @@ def plan(
     return Budget(processes, threads, tuple(servers), tuple(serverless))
 
 
-def read_limits(registry: Registry, *, timeout: float = 5.0) -> dict[str, ServerLimit | str]:
+def read_limits(registry: EngineProvider, *, timeout: float = 5.0) -> dict[str, ServerLimit | str]:
     """``host:port`` to the limit each PostgreSQL server reports, or why it could not be read.
 
     One connection per server, through the first database declared on it.

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import Pool
 
-    from ._registry import Registry
+    from ._provider import EngineProvider
     from ._schema import DatabaseConfig
 
 __all__ = [
@@ -249,7 +249,7 @@ def _timed_out(timeout: float, pool: PoolStats | None) -> HealthReport:
     return HealthReport("timeout", None, f"no answer within {timeout:g} s", pool, None, None, None)
 
 
-def _names(registry: Registry, names: Iterable[str] | None) -> list[str]:
+def _names(registry: EngineProvider, names: Iterable[str] | None) -> list[str]:
     if registry.closed:
         raise RegistryClosedError("the registry is closed; there is nothing to check")
     if names is None:
@@ -268,15 +268,15 @@ def _check_timeout(timeout: float) -> None:
 # -- observers (dbregistry.opentelemetry / dbregistry.prometheus) -------------------
 
 HealthObserver = Callable[[str, str, HealthReport], None]
-_OBSERVERS: weakref.WeakKeyDictionary[Registry, list[HealthObserver]] = weakref.WeakKeyDictionary()
+_OBSERVERS: weakref.WeakKeyDictionary[EngineProvider, list[HealthObserver]] = weakref.WeakKeyDictionary()
 
 
-def observe_health(registry: Registry, observer: HealthObserver) -> None:
+def observe_health(registry: EngineProvider, observer: HealthObserver) -> None:
     """Call ``observer(name, mode, report)`` for every report `check_health` / `acheck_health` return for ``registry``."""
     _OBSERVERS.setdefault(registry, []).append(observer)
 
 
-def _observed(registry: Registry, mode: str, reports: dict[str, HealthReport]) -> dict[str, HealthReport]:
+def _observed(registry: EngineProvider, mode: str, reports: dict[str, HealthReport]) -> dict[str, HealthReport]:
     for observer in _OBSERVERS.get(registry, ()):
         for name, report in reports.items():
             observer(name, mode, report)
@@ -287,7 +287,7 @@ def _observed(registry: Registry, mode: str, reports: dict[str, HealthReport]) -
 
 
 def check_health(
-    registry: Registry, timeout: float = 5.0, names: Iterable[str] | None = None
+    registry: EngineProvider, timeout: float = 5.0, names: Iterable[str] | None = None
 ) -> dict[str, HealthReport]:
     """Ping every database (or ``names``) with its sync engine, all at once; see `Registry.health`."""
     _check_timeout(timeout)
@@ -334,7 +334,7 @@ def _run_ping(engine: Engine, db: DatabaseConfig, timeout: float, results: dict[
 
 
 async def acheck_health(
-    registry: Registry, timeout: float = 5.0, names: Iterable[str] | None = None
+    registry: EngineProvider, timeout: float = 5.0, names: Iterable[str] | None = None
 ) -> dict[str, HealthReport]:
     """Ping every database (or ``names``) with its async engine, concurrently; see `Registry.ahealth`."""
     _check_timeout(timeout)

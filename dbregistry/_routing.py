@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-    from ._registry import Registry
+    from ._provider import EngineProvider
     from ._schema import DatabaseConfig
 
 __all__ = [
@@ -211,7 +211,7 @@ class Router:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: EngineProvider,
         *,
         backoff: float = DEFAULT_BACKOFF,
         lag_check_interval: float | None = DEFAULT_LAG_CHECK_INTERVAL,
@@ -322,8 +322,9 @@ class Router:
         return self._registry.get_async(route.root)
 
     def _unknown(self, name: str | None) -> NoReturn:
-        self._registry._resolve(name)  # raises the registry's own error (no default, closed, ...)
-        raise UnknownDatabaseError(name, self._registry.names)  # pragma: no cover - _resolve raised
+        # Every declared name has a route: get() raises the registry's own error (no default, closed, ...).
+        self._registry.get(name)
+        raise UnknownDatabaseError(name, self._registry.names)  # pragma: no cover - get() raised
 
     # -- engines and their hooks -------------------------------------------------------------
 

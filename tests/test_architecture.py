@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("models", frozenset({"_pools", "_urls", "_schema"})),
     ("sources", frozenset({"_envsettings", "_sources"})),
     ("validated config", frozenset({"_connect", "_poolers", "_rules", "_pairs", "_loader"})),
-    ("engines", frozenset({"_engines", "_replication"})),
+    ("engines", frozenset({"_engines", "_provider", "_replication"})),
     (
         "runtime services",
         frozenset({"_routing", "_health", "_lifecycle", "_poolevents", "_sessions", "_metrics", "_budget"}),

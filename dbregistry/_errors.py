@@ -76,6 +76,21 @@ class Problem:
         head = f"{self.path}: " if self.path else ""
         return f"{where}  {head}{self.message}" if where else f"{head}{self.message}"
 
+    def as_dict(self) -> dict[str, str | int | None]:
+        """The problem as JSON-ready data (what ``dbregistry validate --json`` prints).
+
+        >>> Problem("databases.x.pool_size", "must be >= 0", file="db.yaml", line=3).as_dict()["location"]
+        'db.yaml:3'
+        """
+        return {
+            "path": self.path,
+            "message": self.message,
+            "location": self.location,
+            "source": self.source,
+            "file": self.file,
+            "line": self.line,
+        }
+
     def sort_key(self) -> tuple[int, str, int, str]:
         """File problems first (by file, then line), then the others by path."""
         if self.file is not None:

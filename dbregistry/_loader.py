@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
@@ -45,6 +45,8 @@ from ._yamlfile import PathKey, YamlDocument
 
 __all__ = ["LoadedConfig", "load_config", "select_profile"]
 
+_ALIASES: Final = {name: info.alias for name, info in DatabaseConfig.model_fields.items() if info.alias}
+
 _NAME = re.compile(NAME_PATTERN)
 _BOOL = TypeAdapter(bool)
 _PROFILE_KEYS = ("databases", "default")
@@ -62,7 +64,14 @@ class LoadedConfig:
     profile: str | None = None
 
     def origin(self, path: PathKey) -> Origin:
-        return self.origins.of(path)
+        """Where ``path`` was written; a field written under its alias (``poolclass:``) is found there."""
+        origin = self.origins.of(path)
+        if len(path) == 3 and path[0] == "databases":
+            alias = _ALIASES.get(str(path[2]))
+            if alias is not None and origin == self.origins.of(path[:2]):
+                # Not found under its field name: the lookup fell back to the database's own line.
+                origin = self.origins.of((*path[:2], alias))
+        return origin
 
 
 @dataclass(slots=True)

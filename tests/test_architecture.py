@@ -26,7 +26,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("engines", frozenset({"_engines", "_provider", "_replication"})),
     (
         "runtime services",
-        frozenset({"_routing", "_health", "_lifecycle", "_poolevents", "_sessions", "_metrics", "_budget"}),
+        frozenset(
+            {"_routing", "_health", "_lifecycle", "_poolevents", "_sessions", "_metrics", "_budget", "_effective"}
+        ),
     ),
     ("composition", frozenset({"_registry"})),
     ("interfaces", frozenset({"__init__", "__main__", "_cli", "opentelemetry", "prometheus"})),

@@ -1,7 +1,7 @@
 """From sources to a validated `RegistryConfig`, with every problem found in one pass.
 
 The steps: pick the profile, substitute ``${...}`` in the file's values, merge
-the layers (`sources.collect_layers` states the precedence), apply secret
+the layers (in the order `_sources.PRECEDENCE` states), apply secret
 files, validate every database with pydantic, run the cross-field `rules` and
 the checks across databases (`_pairs`), and validate the profiles that were not
 selected. Problems name the field path and the file and line, or the variable,

@@ -7,13 +7,13 @@ import copy
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _health, _lifecycle, _routing, _sessions
 from ._engines import build_async_engine, build_sync_engine, loop_of
 from ._errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
+from ._fork import reset_after_fork
 from ._loader import LoadedConfig, load_config
 from ._poolers import derived_direct_url
 from ._poolers import detect as detect_pooler
@@ -87,7 +87,7 @@ class Registry:
         self._dependencies: dict[tuple[bool, str | None, bool], Any] = {}
         # id(async engine) -> the event loop its latest connection was opened in (see _sessions.check_loop)
         self._loops: dict[int, asyncio.AbstractEventLoop] = {}
-        _LIVE.add(self)
+        reset_after_fork(self, drops_connections=True)
 
     # -- constructors -----------------------------------------------------------------
 
@@ -756,15 +756,3 @@ def _read_only(engine: _E) -> _E:
     if engine.dialect.name != "postgresql":
         return engine
     return engine.execution_options(postgresql_readonly=True)
-
-
-_LIVE: weakref.WeakSet[Registry] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for registry in list(_LIVE):
-        registry._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

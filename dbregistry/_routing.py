@@ -33,15 +33,12 @@ INFO), URLs masked and passwords scrubbed from driver messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import itertools
 import logging
 import math
-import os
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
@@ -50,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 from sqlalchemy import event
 
 from ._errors import RegistryClosedError, UnknownDatabaseError
+from ._fork import reset_after_fork
 from ._replication import REPLICA_STATE_SQL
 from ._secrets import describe_error, secrets_of
 from ._urls import dialect_of, mask
@@ -241,7 +239,7 @@ class Router:
             self._routes[name] = _Route(name, _root(name, databases), db.url, tuple(replicas_of.get(name, ())))
         if registry.default is not None and registry.default in self._routes:
             self._routes[None] = self._routes[registry.default]
-        _ROUTERS.add(self)
+        reset_after_fork(self)
 
     # -- settings ------------------------------------------------------------------------
 
@@ -763,16 +761,3 @@ def _log(messages: _Messages) -> None:
 def _join_all(threads: Iterable[threading.Thread]) -> None:
     for thread in threads:
         thread.join(_PROBE_JOIN_TIMEOUT)
-
-
-_ROUTERS: weakref.WeakSet[Router] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for router in list(_ROUTERS):
-        with contextlib.suppress(Exception):
-            router._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dbregistry"
 
 # Earliest first. A module may import modules of its own layer or of an earlier one.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("foundation", frozenset({"_secrets", "_errors"})),
+    ("foundation", frozenset({"_secrets", "_errors", "_fork"})),
     ("configuration", frozenset({"_yamlfile", "_interpolation"})),
     ("models", frozenset({"_pools", "_urls", "_schema"})),
     ("sources", frozenset({"_envsettings", "_sources"})),

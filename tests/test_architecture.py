@@ -17,21 +17,33 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "dbregistry"
 
 # Earliest first. A module may import modules of its own layer or of an earlier one.
+# (_files, _hosts, _waits, _credentials, _failover, _migrate and alembic are placed ahead of
+# their merge from main, by their imports there.)
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("foundation", frozenset({"_secrets", "_errors", "_fork"})),
-    ("configuration", frozenset({"_yamlfile", "_interpolation"})),
-    ("models", frozenset({"_pools", "_urls", "_schema"})),
+    ("configuration", frozenset({"_yamlfile", "_interpolation", "_files"})),
+    ("models", frozenset({"_pools", "_urls", "_hosts", "_waits", "_schema"})),
     ("sources", frozenset({"_envsettings", "_sources"})),
-    ("validated config", frozenset({"_connect", "_poolers", "_rules", "_pairs", "_loader"})),
-    ("engines", frozenset({"_engines", "_provider", "_replication"})),
+    ("validated config", frozenset({"_connect", "_poolers", "_rules", "_pairs", "_credentials", "_loader"})),
+    ("engines", frozenset({"_engines", "_failover", "_provider", "_replication"})),
     (
         "runtime services",
         frozenset(
-            {"_routing", "_health", "_lifecycle", "_poolevents", "_sessions", "_metrics", "_budget", "_effective"}
+            {
+                "_routing",
+                "_health",
+                "_lifecycle",
+                "_poolevents",
+                "_sessions",
+                "_metrics",
+                "_budget",
+                "_effective",
+                "_migrate",
+            }
         ),
     ),
     ("composition", frozenset({"_registry"})),
-    ("interfaces", frozenset({"__init__", "__main__", "_cli", "opentelemetry", "prometheus"})),
+    ("interfaces", frozenset({"__init__", "__main__", "_cli", "alembic", "opentelemetry", "prometheus"})),
 )
 
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}

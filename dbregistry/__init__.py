@@ -5,6 +5,7 @@
 >>> engine = registry.get("replica")                          # doctest: +SKIP
 """
 
+from ._causal import CausalBlock
 from ._errors import (
     CloseError,
     ConfigError,
@@ -18,11 +19,13 @@ from ._errors import (
 from ._health import HealthReport, PoolStats
 from ._lifecycle import ShutdownHook
 from ._registry import Registry
+from ._routing import ReplicaStatus, Unset
 from ._schema import DatabaseConfig, RegistryConfig, SessionConfig
-from ._sources import Origin
+from ._sources import Origin, Precedence
 from ._yamlfile import Limits
 
 __all__ = [
+    "CausalBlock",
     "CloseError",
     "ConfigError",
     "CredentialsError",
@@ -33,13 +36,16 @@ __all__ = [
     "Limits",
     "Origin",
     "PoolStats",
+    "Precedence",
     "Problem",
     "Registry",
     "RegistryClosedError",
     "RegistryConfig",
+    "ReplicaStatus",
     "SessionConfig",
     "ShutdownHook",
     "UnknownDatabaseError",
+    "Unset",
 ]
 
 __version__ = "0.1.0"

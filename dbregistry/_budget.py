@@ -33,20 +33,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._health import bounded_connect, describe_error, secrets_of
+from ._connect import bounded_connect
 from ._poolers import detect as detect_pooler
+from ._pools import sqlalchemy_defaults
 from ._rules import effective_pool_class
+from ._secrets import describe_error, secrets_of
 from ._urls import dialect_of, is_sqlite, mask
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-    from ._registry import Registry
+    from ._provider import EngineProvider
     from ._schema import DatabaseConfig, RegistryConfig
 
 __all__ = [
-    "DEFAULT_MAX_OVERFLOW",
-    "DEFAULT_POOL_SIZE",
     "Budget",
     "DatabaseLoad",
     "ServerBudget",
@@ -56,8 +56,6 @@ __all__ = [
     "server_of",
 ]
 
-DEFAULT_POOL_SIZE: Final = 5
-DEFAULT_MAX_OVERFLOW: Final = 10
 _DEFAULT_PORTS: Final = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
 _DEFAULT_RESERVED: Final = {"postgresql": 3}
 
@@ -205,8 +203,9 @@ def _load(name: str, db: DatabaseConfig, processes: int, threads: int) -> Databa
     server = server_of(db.url)
     per_process: int | None
     if pool_class in ("QueuePool", "AsyncAdaptedQueuePool"):
-        size = db.pool_size if db.pool_size is not None else DEFAULT_POOL_SIZE
-        overflow = db.max_overflow if db.max_overflow is not None else DEFAULT_MAX_OVERFLOW
+        defaults = sqlalchemy_defaults()
+        size = db.pool_size if db.pool_size is not None else defaults["pool_size"]
+        overflow = db.max_overflow if db.max_overflow is not None else defaults["max_overflow"]
         if size == 0 or overflow == -1:
             per_process = None
             why = "pool_size 0" if size == 0 else "max_overflow -1"
@@ -272,7 +271,7 @@ def plan(
     return Budget(processes, threads, tuple(servers), tuple(serverless))
 
 
-def read_limits(registry: Registry, *, timeout: float = 5.0) -> dict[str, ServerLimit | str]:
+def read_limits(registry: EngineProvider, *, timeout: float = 5.0) -> dict[str, ServerLimit | str]:
     """``host:port`` to the limit each PostgreSQL server reports, or why it could not be read.
 
     One connection per server, through the first database declared on it.

@@ -27,10 +27,8 @@ was wrong.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,19 +38,14 @@ from sqlalchemy.engine import URL
 
 from . import __version__
 from ._budget import Budget, plan, read_limits
-from ._connect import describe_tls, driver_name
-from ._engines import engine_spec
+from ._effective import driver_arguments, effective_fields
 from ._errors import CloseError, ConfigError, unknown_name_message
 from ._health import HealthReport
 from ._hosts import hosts_of
 from ._migrate import migration_url, write_alembic_project
-from ._poolers import detect as detect_pooler
-from ._pools import POOL_NAMES, accepted_options
 from ._registry import Registry
 from ._rules import effective_pool_class
-from ._schema import NAME_PATTERN, DatabaseConfig, RegistryConfig
-from ._secrets import mask_mapping
-from ._sources import Origin, Precedence
+from ._schema import DatabaseConfig, config_schema
 from ._urls import is_sqlite, is_sqlite_memory, mask
 from ._waits import seconds_problem
 
@@ -61,24 +54,6 @@ __all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "build_parser", "config_sch
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
 EXIT_USAGE: Final = 2
-
-# What SQLAlchemy uses for an option left unset (create_engine's and the pools' own defaults).
-SQLALCHEMY_DEFAULTS: Final[dict[str, Any]] = {
-    "pool_size": 5,
-    "max_overflow": 10,
-    "pool_timeout": 30.0,
-    "pool_recycle": -1,
-    "pool_pre_ping": False,
-    "pool_use_lifo": False,
-    "pool_reset_on_return": "rollback",
-    "echo": False,
-    "echo_pool": False,
-    "isolation_level": None,
-    "connect_args": {},
-    "execution_options": {},
-}
-_QUEUE_ONLY: Final = frozenset({"pool_size", "max_overflow", "pool_timeout", "pool_use_lifo"})
-_ALIASES: Final = {name: info.alias for name, info in DatabaseConfig.model_fields.items() if info.alias}
 
 
 # -- output -----------------------------------------------------------------------------
@@ -140,18 +115,8 @@ def _load(args: argparse.Namespace) -> Registry:
     return Registry.load(getattr(args, "config", None), profile=getattr(args, "profile", None))
 
 
-def _problems_json(error: ConfigError) -> list[dict[str, Any]]:
-    return [
-        {
-            "path": p.path,
-            "message": p.message,
-            "location": p.location,
-            "source": p.source,
-            "file": p.file,
-            "line": p.line,
-        }
-        for p in error.problems
-    ]
+def _emit_problems(args: argparse.Namespace, error: ConfigError) -> None:
+    _emit_json({"ok": False, "source": _source(args), "problems": [p.as_dict() for p in error.problems]})
 
 
 def _close(registry: Registry) -> None:
@@ -164,20 +129,6 @@ def _close(registry: Registry) -> None:
 # -- values and where they came from ----------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, URL):
-        return mask(value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, ssl.SSLContext):
-        return describe_tls(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _shown(value: Any) -> str:
     if value is None:
         return "-"
@@ -188,88 +139,6 @@ def _shown(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def _origin_of(registry: Registry, name: str, field: str) -> Origin:
-    origin = registry.origin(name, field)
-    alias = _ALIASES.get(field)
-    if alias is not None and origin == registry.origin(name):
-        # Written under its alias (poolclass:): the field name falls back to the database's own line.
-        origin = registry.origin(name, alias)
-    return origin
-
-
-def _label(origin: Origin, profile: str | None) -> str:
-    if origin.precedence is Precedence.PROFILE and profile:
-        return f"{origin} (profile {profile})"
-    return str(origin)
-
-
-def effective_fields(registry: Registry, name: str) -> list[dict[str, Any]]:
-    """Every field of one database: its effective value (passwords masked) and where it came from.
-
-    An unset field shows the value SQLAlchemy (or the registry) uses for it,
-    from ``default``; a queue option of a pool class that takes none shows None.
-    """
-    db = registry[name]
-    pool_class, _ = effective_pool_class(db)
-    fields: list[dict[str, Any]] = []
-    for field in DatabaseConfig.model_fields:
-        value: Any = getattr(db, field)
-        origin: Origin | None = None
-        if field in db.model_fields_set:
-            origin = _origin_of(registry, name, field)
-            label = _label(origin, registry.profile)
-        elif field == "pool_class":
-            value, label = pool_class, "default"
-        elif field == "log_pool_events":
-            value = registry.config.log_pool_events
-            label = "top-level log_pool_events" if value else "default"
-        elif field == "pooler":
-            found = detect_pooler(db)
-            value, label = found.mode, (f"detected: {found.reason}" if found.mode != "none" else "default")
-        elif field == "hosts":
-            # Every host the URL names (libpq's list and ?host= read alike), the form `hosts:` takes.
-            value, label = [str(h) for h in hosts_of(db.url)] or None, "url"
-        elif field in _QUEUE_ONLY and field not in accepted_options(pool_class):
-            value, label = None, f"not used by {pool_class}"
-        else:
-            value, label = copy.deepcopy(SQLALCHEMY_DEFAULTS.get(field, value)), "default"
-        if field in ("connect_args", "driver_args") and isinstance(value, dict):
-            value = mask_mapping(value)
-        if field == "session":
-            # The effective defaults: the top-level `session:` merged with this database's own.
-            value = registry.session_options(name)
-            if origin is None and value:
-                label = "top-level session"
-        fields.append(
-            {
-                "field": field,
-                "value": _jsonable(value),
-                "origin": label,
-                "source": origin.source if origin else None,
-                "file": origin.file if origin else None,
-                "line": origin.line if origin else None,
-                "precedence": origin.precedence.name.lower() if origin else "default",
-            }
-        )
-    return fields
-
-
-def driver_arguments(registry: Registry, name: str) -> dict[str, dict[str, Any]]:
-    """Per mode, the driver and the ``connect_args`` it will receive (secrets masked), or why there is none."""
-    shown: dict[str, dict[str, Any]] = {}
-    for mode, is_async in (("sync", False), ("async", True)):
-        try:
-            spec = engine_spec(registry[name], is_async=is_async)
-        except ValueError as e:  # no driver for this mode (DriverError)
-            shown[mode] = {"driver": None, "url": None, "connect_args": None, "error": str(e)}
-            continue
-        # The driver gets the URL's query too (psycopg: libpq's words left there), connect_args winning.
-        query = {k: v for k, v in spec.url.query.items() if k not in ("host", "port")}
-        connect_args = mask_mapping({**query, **spec.kwargs.get("connect_args", {})})
-        shown[mode] = {"driver": driver_name(spec.url), "url": mask(spec.url), "connect_args": _jsonable(connect_args)}
-    return shown
 
 
 def _options_summary(db: DatabaseConfig) -> str:
@@ -288,7 +157,7 @@ def cmd_validate(args: argparse.Namespace, style: Style) -> int:
         registry = _load(args)
     except ConfigError as e:
         if args.json:
-            _emit_json({"ok": False, "source": _source(args), "problems": _problems_json(e)})
+            _emit_problems(args, e)
         else:
             print(style("invalid", "red") + f": {e}")
         return EXIT_PROBLEMS
@@ -578,80 +447,6 @@ def _print_budget(budget: Budget, style: Style) -> None:
             print(f"{head}  {allows}: {style('ok', 'green')}, {limit.available - total} to spare")
 
 
-def config_schema() -> dict[str, Any]:
-    """The JSON Schema of the configuration file, for editors (``# yaml-language-server: $schema=...``).
-
-    It is pydantic's schema of `RegistryConfig`, adjusted to what the file
-    really accepts: both ``pool_class`` and ``poolclass``, the pool names in
-    any case and their short forms, ``${VAR}`` in any value, and ``profiles:``.
-    """
-    schema = RegistryConfig.model_json_schema()
-    defs = schema["$defs"]
-    db = defs["DatabaseConfig"]
-    properties: dict[str, Any] = {}
-    for key, prop in db["properties"].items():
-        if key == "poolclass":
-            names = sorted(set(POOL_NAMES) | set(POOL_NAMES.values()))
-            properties["pool_class"] = {**prop, "anyOf": [{"enum": names}, {"type": "null"}], "title": "Pool Class"}
-        elif key in ("url", "direct_url"):
-            properties[key] = _without_uri_format(prop)
-        else:
-            properties[key] = prop
-    properties["poolclass"] = {**properties["pool_class"], "description": "alias of pool_class"}
-    db["properties"] = {key: _interpolatable(prop) for key, prop in properties.items()}
-    overlay = copy.deepcopy(db)
-    overlay.pop("required", None)
-    overlay["title"] = "DatabaseOverlay"
-    overlay["description"] = "A profile's changes to one database: any field, none required."
-    defs["DatabaseOverlay"] = overlay
-    schema["properties"]["databases"]["propertyNames"] = {"pattern": NAME_PATTERN}
-    schema["properties"]["log_pool_events"] = _interpolatable(schema["properties"]["log_pool_events"])
-    schema["properties"]["profiles"] = {
-        "description": "named overlays chosen by --profile, DBREGISTRY_PROFILE or APP_ENV",
-        "type": "object",
-        "additionalProperties": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "default": {"type": "string"},
-                "databases": {
-                    "type": "object",
-                    "propertyNames": {"pattern": NAME_PATTERN},
-                    "additionalProperties": {"$ref": "#/$defs/DatabaseOverlay"},
-                },
-            },
-        },
-    }
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "dbregistry configuration",
-        **{k: v for k, v in schema.items() if k != "title"},
-    }
-
-
-def _without_uri_format(prop: dict[str, Any]) -> dict[str, Any]:
-    # ${DATABASE_URL:-sqlite:///./dev.db} is a valid value but not a URI.
-    prop = copy.deepcopy(prop)
-    for branch in [prop, *prop.get("anyOf", [])]:
-        branch.pop("format", None)
-    return prop
-
-
-def _interpolatable(prop: dict[str, Any]) -> dict[str, Any]:
-    # Any value may be written as ${VAR...}, substituted before validation.
-    if _any_string(prop):
-        return prop
-    meta: dict[str, Any] = {k: prop[k] for k in ("title", "description", "default") if k in prop}
-    body = {k: v for k, v in prop.items() if k not in meta}
-    return {**meta, "anyOf": [body, {"type": "string", "pattern": r"\$\{"}]}
-
-
-def _any_string(prop: dict[str, Any]) -> bool:
-    if prop.get("type") == "string" and not {"enum", "const", "pattern", "format"} & prop.keys():
-        return True
-    return any(_any_string(branch) for branch in prop.get("anyOf", []))
-
-
 def cmd_schema(args: argparse.Namespace, style: Style) -> int:
     _emit_json(config_schema())
     return EXIT_OK
@@ -756,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, Style.for_stream(sys.stdout) if not args.json else Style(False))
     except ConfigError as e:
         if args.json:
-            _emit_json({"ok": False, "source": _source(args), "problems": _problems_json(e)})
+            _emit_problems(args, e)
         else:
             print(f"dbregistry {args.command}: invalid configuration: {e}", file=sys.stderr)
         return EXIT_PROBLEMS

@@ -18,6 +18,8 @@ first connection.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import functools
 import inspect
@@ -29,11 +31,21 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy.engine import URL
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine
 
+from ._errors import DBRegistryError
 from ._urls import DriverError, resolve_driver
 
-__all__ = ["Refusal", "describe_tls", "driver_connect_args", "driver_name", "missing_files", "refusals"]
+__all__ = [
+    "Refusal",
+    "bounded_connect",
+    "describe_tls",
+    "driver_connect_args",
+    "driver_name",
+    "missing_files",
+    "refusals",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +56,7 @@ class Refusal:
     message: str
 
 
-class RefusedError(ValueError):
+class RefusedError(DBRegistryError, ValueError):
     """Raised when an engine is built from settings `refusals` would have reported."""
 
 
@@ -789,3 +801,59 @@ def _boolean(value: Any) -> bool | None:
     if text in ("0", "false", "no", "off"):
         return False
     return None
+
+
+# -- bounding the connect -------------------------------------------------------------
+
+_CONNECT_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "dbregistry_connect_timeout", default=None
+)
+
+# The connect() keyword each driver takes for its connect timeout, and whether it wants whole seconds.
+_TIMEOUT_KEYWORDS: Final[dict[str, tuple[str, bool]]] = {
+    "psycopg": ("connect_timeout", True),
+    "psycopg_async": ("connect_timeout", True),
+    "psycopg2": ("connect_timeout", True),
+    "asyncpg": ("timeout", False),
+    "pg8000": ("timeout", False),
+    "pymysql": ("connect_timeout", True),
+    "mysqldb": ("connect_timeout", True),
+    "aiomysql": ("connect_timeout", True),
+    "asyncmy": ("connect_timeout", True),
+}
+
+
+def _bound_connect_timeout(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    timeout = _CONNECT_TIMEOUT.get()
+    if timeout is None:
+        return
+    known = _TIMEOUT_KEYWORDS.get(dialect.driver)
+    if known is None:
+        return
+    keyword, whole_seconds = known
+    value: float = max(1, math.ceil(timeout)) if whole_seconds else timeout
+    current = cparams.get(keyword)
+    with contextlib.suppress(TypeError, ValueError):
+        if current is not None and 0 < float(current) <= value:
+            return
+    cparams[keyword] = value
+
+
+def _watch_connects(engine: Engine) -> None:
+    if not event.contains(engine, "do_connect", _bound_connect_timeout):
+        event.listen(engine, "do_connect", _bound_connect_timeout)
+
+
+@contextlib.contextmanager
+def bounded_connect(engine: Engine, timeout: float) -> Iterator[None]:
+    """Inside the block, new connections of ``engine`` opened by this thread or task give up after ``timeout``.
+
+    It sets the driver's own connect timeout (whole seconds for libpq, which
+    waits 2 s at least); connections already pooled are not affected.
+    """
+    _watch_connects(engine)
+    token = _CONNECT_TIMEOUT.set(timeout)
+    try:
+        yield
+    finally:
+        _CONNECT_TIMEOUT.reset(token)

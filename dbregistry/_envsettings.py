@@ -1,63 +1,78 @@
 """``DBREGISTRY_*`` variables and ``.env`` files, read by pydantic-settings.
 
-Imported only when there is something to read: pydantic-settings is a fifth of
-the registry's own import time, which a cold start (Lambda, a CLI) without
-``DBREGISTRY_*`` variables or a ``.env`` file does not need to pay.
+pydantic-settings is imported only when there is something to read: it is a
+fifth of the registry's own import time, which a cold start (Lambda, a CLI)
+without ``DBREGISTRY_*`` variables or a ``.env`` file does not need to pay.
+This module owns the variables' prefix and nesting delimiter; `_sources`
+turns what it reads into a layer.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Mapping
-from typing import Any
-
-from dotenv import dotenv_values
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from ._files import MAX_ENV_FILE_BYTES, read_bounded
 from ._schema import DatabaseConfig, SessionConfig
 from ._secrets import utf8_text
-from ._sources import ENV_PREFIX, NESTING
 
-__all__ = ["read_env_file", "read_prefixed"]
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings, EnvSettingsSource
 
+__all__ = ["ENV_PREFIX", "NESTING", "read_env_file", "read_prefixed"]
 
-class _EnvSchema(BaseSettings):
-    """The shape pydantic-settings reads ``DBREGISTRY_*`` variables into."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=NESTING, case_sensitive=False)
-
-    default: str | None = None
-    databases: dict[str, DatabaseConfig] = {}
-    log_pool_events: bool | None = None
-    session: SessionConfig | None = None
+ENV_PREFIX = "DBREGISTRY_"
+NESTING = "__"  # DBREGISTRY_DATABASES__REPLICA__POOL_SIZE
 
 
-class _MappingEnvSource(EnvSettingsSource):
+@cache
+def _env_schema() -> type[BaseSettings]:
+    """The shape pydantic-settings reads ``DBREGISTRY_*`` variables into (built on first read)."""
+    from pydantic_settings import BaseSettings, SettingsConfigDict  # noqa: PLC0415 - see the module docstring
+
+    class _EnvSchema(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=NESTING, case_sensitive=False)
+
+        default: str | None = None
+        databases: dict[str, DatabaseConfig] = {}
+        log_pool_events: bool | None = None
+        session: SessionConfig | None = None
+
+    return _EnvSchema
+
+
+@cache
+def _mapping_env_source() -> Callable[[Mapping[str, str]], EnvSettingsSource]:
     """pydantic-settings' environment source, reading a given mapping instead of os.environ."""
+    from pydantic_settings import EnvSettingsSource  # noqa: PLC0415 - see the module docstring
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(_EnvSchema)
+    class _MappingEnvSource(EnvSettingsSource):
+        def __init__(self, environ: Mapping[str, str]) -> None:
+            self._environ = environ
+            super().__init__(_env_schema())
 
-    # `_load_env_vars` is the hook pydantic-settings' own providers (dotenv, AWS, GCP,
-    # Azure) override, unchanged from 2.3 to 2.16; .ci/run tests both ends of the range.
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {key.lower(): value for key, value in self._environ.items()}
+        # `_load_env_vars` is the hook pydantic-settings' own providers (dotenv, AWS, GCP,
+        # Azure) override, unchanged from 2.3 to 2.16; .ci/run tests both ends of the range.
+        def _load_env_vars(self) -> Mapping[str, str | None]:
+            return {key.lower(): value for key, value in self._environ.items()}
 
-    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
-        # A value that is not JSON is kept as text, so that validation reports
-        # it against its variable instead of pydantic-settings failing the lot.
-        try:
-            return super().decode_complex_value(field_name, field, value)
-        except ValueError:
-            return value
+        def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+            # A value that is not JSON is kept as text, so that validation reports
+            # it against its variable instead of pydantic-settings failing the lot.
+            try:
+                return super().decode_complex_value(field_name, field, value)
+            except ValueError:
+                return value
+
+    return _MappingEnvSource
 
 
 def read_prefixed(environ: Mapping[str, str]) -> dict[str, Any]:
     """The ``DBREGISTRY_*`` variables of ``environ`` as nested data (not validated yet)."""
-    return _MappingEnvSource(environ)()
+    return _mapping_env_source()(environ)()
 
 
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -67,5 +82,7 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     memory: python-dotenv would read a file of any size. Raises `FileReadError`,
     or `NotUtf8Error` (naming the offset, holding nothing of the file) when it is not UTF-8.
     """
+    from dotenv import dotenv_values  # noqa: PLC0415 - only when there is a .env file
+
     text = utf8_text(read_bounded(path, MAX_ENV_FILE_BYTES))
     return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}

@@ -8,7 +8,11 @@ The hierarchy::
     ├── RegistryClosedError (RuntimeError)  the registry was closed
     ├── EventLoopError (RuntimeError)    an async engine's connections belong to another event loop
     ├── CredentialsError (RuntimeError)  a new connection's password_file or password_provider failed
-    └── CloseError (ExceptionGroup)      disposing some engines failed; all were attempted
+    ├── CloseError (ExceptionGroup)      disposing some engines failed; all were attempted
+    └── (internal, each becomes a ConfigError problem before it reaches a caller)
+        ├── InterpolationError (ValueError)  a ``${...}`` that cannot be substituted
+        ├── DriverError (ValueError)         no driver is known for the mode asked
+        └── RefusedError (ValueError)        a connection setting one driver cannot take
 
 No message built here ever contains a password: values are described, URLs are
 rendered through SQLAlchemy's ``render_as_string(hide_password=True)``, and the
@@ -73,6 +77,21 @@ class Problem:
         where = self.location
         head = f"{self.path}: " if self.path else ""
         return f"{where}  {head}{self.message}" if where else f"{head}{self.message}"
+
+    def as_dict(self) -> dict[str, str | int | None]:
+        """The problem as JSON-ready data (what ``dbregistry validate --json`` prints).
+
+        >>> Problem("databases.x.pool_size", "must be >= 0", file="db.yaml", line=3).as_dict()["location"]
+        'db.yaml:3'
+        """
+        return {
+            "path": self.path,
+            "message": self.message,
+            "location": self.location,
+            "source": self.source,
+            "file": self.file,
+            "line": self.line,
+        }
 
     def sort_key(self) -> tuple[int, str, int, str]:
         """File problems first (by file, then line), then the others by path."""

@@ -19,22 +19,21 @@ password: they go through `dbregistry._secrets.describe_error` (URLs and
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
-import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import event, literal_column, select
+from sqlalchemy import literal_column, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from ._connect import bounded_connect
 from ._errors import RegistryClosedError
 from ._failover import answered_by
+from ._replication import REPLICA_STATE_SQL
 from ._secrets import describe_error, secrets_of
 from ._waits import check_seconds
 
@@ -43,16 +42,15 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import Pool
 
-    from ._registry import Registry
+    from ._provider import EngineProvider
     from ._schema import DatabaseConfig
 
 __all__ = [
     "HealthReport",
     "PoolStats",
     "Status",
-    "bounded_connect",
+    "acheck_health",
     "check_health",
-    "check_health_async",
     "describe_error",
     "observe_health",
     "pool_figures",
@@ -185,70 +183,7 @@ def pool_figures(
     return figures
 
 
-# -- bounding the connect -------------------------------------------------------------
-
-_CONNECT_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "dbregistry_connect_timeout", default=None
-)
-
-# The connect() keyword each driver takes for its connect timeout, and whether it wants whole seconds.
-_TIMEOUT_KEYWORDS: Final[dict[str, tuple[str, bool]]] = {
-    "psycopg": ("connect_timeout", True),
-    "psycopg_async": ("connect_timeout", True),
-    "psycopg2": ("connect_timeout", True),
-    "asyncpg": ("timeout", False),
-    "pg8000": ("timeout", False),
-    "pymysql": ("connect_timeout", True),
-    "mysqldb": ("connect_timeout", True),
-    "aiomysql": ("connect_timeout", True),
-    "asyncmy": ("connect_timeout", True),
-}
-
-
-def _bound_connect_timeout(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-    timeout = _CONNECT_TIMEOUT.get()
-    if timeout is None:
-        return
-    known = _TIMEOUT_KEYWORDS.get(dialect.driver)
-    if known is None:
-        return
-    keyword, whole_seconds = known
-    value: float = max(1, math.ceil(timeout)) if whole_seconds else timeout
-    current = cparams.get(keyword)
-    with contextlib.suppress(TypeError, ValueError):
-        if current is not None and 0 < float(current) <= value:
-            return
-    cparams[keyword] = value
-
-
-def _watch_connects(engine: Engine) -> None:
-    if not event.contains(engine, "do_connect", _bound_connect_timeout):
-        event.listen(engine, "do_connect", _bound_connect_timeout)
-
-
-@contextlib.contextmanager
-def bounded_connect(engine: Engine, timeout: float) -> Iterator[None]:
-    """Inside the block, new connections of ``engine`` opened by this thread or task give up after ``timeout``.
-
-    It sets the driver's own connect timeout (whole seconds for libpq, which
-    waits 2 s at least); connections already pooled are not affected.
-    """
-    _watch_connects(engine)
-    token = _CONNECT_TIMEOUT.set(timeout)
-    try:
-        yield
-    finally:
-        _CONNECT_TIMEOUT.reset(token)
-
-
 # -- one ping -------------------------------------------------------------------------
-
-_REPLICA_SQL: Final = (
-    "SELECT pg_is_in_recovery(), "
-    "CASE WHEN NOT pg_is_in_recovery() THEN NULL "
-    "WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +206,7 @@ def _probe(conn: Connection, replica: bool, timeout: float) -> _Answer:
     host, role = answered_by(conn.connection.dbapi_connection) if postgres else (None, None)
     answer = _Answer(version, host=host, role=role)
     if replica and postgres:
-        in_recovery, lag = conn.exec_driver_sql(_REPLICA_SQL).one()
+        in_recovery, lag = conn.exec_driver_sql(REPLICA_STATE_SQL).one()
         answer = _Answer(version, bool(in_recovery), float(lag) if lag is not None else None, host, role)
     conn.rollback()
     return answer
@@ -283,7 +218,7 @@ def _retry_once(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
-def _ping_sync(engine: Engine, replica: bool, timeout: float) -> _Answer:
+def _ping(engine: Engine, replica: bool, timeout: float) -> _Answer:
     with bounded_connect(engine, timeout):
         try:
             with engine.connect() as conn:
@@ -295,7 +230,7 @@ def _ping_sync(engine: Engine, replica: bool, timeout: float) -> _Answer:
             return _probe(conn, replica, timeout)
 
 
-async def _ping_async(engine: AsyncEngine, replica: bool, timeout: float) -> _Answer:
+async def _aping(engine: AsyncEngine, replica: bool, timeout: float) -> _Answer:
     def probe(conn: Connection) -> _Answer:
         return _probe(conn, replica, timeout)
 
@@ -334,7 +269,7 @@ def _timed_out(timeout: float, pool: PoolStats | None) -> HealthReport:
     return HealthReport("timeout", None, f"no answer within {timeout:g} s", pool, None, None, None)
 
 
-def _names(registry: Registry, names: Iterable[str] | None) -> list[str]:
+def _names(registry: EngineProvider, names: Iterable[str] | None) -> list[str]:
     if registry.closed:
         raise RegistryClosedError("the registry is closed; there is nothing to check")
     if names is None:
@@ -352,15 +287,15 @@ def _check_timeout(timeout: float) -> None:
 # -- observers (dbregistry.opentelemetry / dbregistry.prometheus) -------------------
 
 HealthObserver = Callable[[str, str, HealthReport], None]
-_OBSERVERS: weakref.WeakKeyDictionary[Registry, list[HealthObserver]] = weakref.WeakKeyDictionary()
+_OBSERVERS: weakref.WeakKeyDictionary[EngineProvider, list[HealthObserver]] = weakref.WeakKeyDictionary()
 
 
-def observe_health(registry: Registry, observer: HealthObserver) -> None:
-    """Call ``observer(name, mode, report)`` for every report `check_health` / `check_health_async` return for ``registry``."""
+def observe_health(registry: EngineProvider, observer: HealthObserver) -> None:
+    """Call ``observer(name, mode, report)`` for every report `check_health` / `acheck_health` return for ``registry``."""
     _OBSERVERS.setdefault(registry, []).append(observer)
 
 
-def _observed(registry: Registry, mode: str, reports: dict[str, HealthReport]) -> dict[str, HealthReport]:
+def _observed(registry: EngineProvider, mode: str, reports: dict[str, HealthReport]) -> dict[str, HealthReport]:
     for observer in _OBSERVERS.get(registry, ()):
         for name, report in reports.items():
             observer(name, mode, report)
@@ -371,7 +306,7 @@ def _observed(registry: Registry, mode: str, reports: dict[str, HealthReport]) -
 
 
 def check_health(
-    registry: Registry, timeout: float = 5.0, names: Iterable[str] | None = None
+    registry: EngineProvider, timeout: float = 5.0, names: Iterable[str] | None = None
 ) -> dict[str, HealthReport]:
     """Ping every database (or ``names``) with its sync engine, all at once; see `Registry.health`."""
     _check_timeout(timeout)
@@ -410,15 +345,15 @@ def check_health(
 def _run_ping(engine: Engine, db: DatabaseConfig, timeout: float, results: dict[str, HealthReport], name: str) -> None:
     started = time.monotonic()
     try:
-        answer = _ping_sync(engine, db.replica_of is not None, timeout)
+        answer = _ping(engine, db.replica_of is not None, timeout)
     except Exception as e:
         results[name] = _failed(e, secrets_of(db), pool_stats(engine.pool))
     else:
         results[name] = _up(answer, started, pool_stats(engine.pool))
 
 
-async def check_health_async(
-    registry: Registry, timeout: float = 5.0, names: Iterable[str] | None = None
+async def acheck_health(
+    registry: EngineProvider, timeout: float = 5.0, names: Iterable[str] | None = None
 ) -> dict[str, HealthReport]:
     """Ping every database (or ``names``) with its async engine, concurrently; see `Registry.ahealth`."""
     _check_timeout(timeout)
@@ -432,7 +367,7 @@ async def check_health_async(
             return _failed(e, secrets_of(db), None)
         started = time.monotonic()
         try:
-            answer = await asyncio.wait_for(_ping_async(engine, db.replica_of is not None, timeout), timeout)
+            answer = await asyncio.wait_for(_aping(engine, db.replica_of is not None, timeout), timeout)
         except TimeoutError:
             return _timed_out(timeout, pool_stats(engine.sync_engine.pool))
         except Exception as e:

@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from ._errors import DBRegistryError
 from ._files import FileReadError, read_secret_file
 from ._secrets import NotUtf8Error
 
@@ -44,7 +45,7 @@ _PATTERN = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?)(?P<arg>.*))?\Z", re.S)
 
 
-class InterpolationError(ValueError):
+class InterpolationError(DBRegistryError, ValueError):
     """A ``${...}`` that cannot be substituted; the message names the variable."""
 
 

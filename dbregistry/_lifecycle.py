@@ -27,7 +27,6 @@ import asyncio
 import atexit
 import contextlib
 import logging
-import os
 import signal
 import threading
 import weakref
@@ -36,7 +35,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CloseError
-from ._health import describe_error
+from ._fork import reset_after_fork
+from ._secrets import describe_error
 from ._waits import check_seconds
 
 if TYPE_CHECKING:
@@ -51,16 +51,20 @@ DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 _HOOKS: weakref.WeakKeyDictionary[Registry, ShutdownHook] = weakref.WeakKeyDictionary()
-_HOOKS_LOCK = threading.Lock()
 
 
-def _fresh_lock_in_child() -> None:
-    global _HOOKS_LOCK  # noqa: PLW0603 - a lock held by a thread of the parent would never be released here
-    _HOOKS_LOCK = threading.Lock()
+class _HooksLock:
+    """The lock of `_HOOKS`, new in a forked child: one held by a thread of the parent would never be released."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        reset_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_lock_in_child)
+_HOOKS_LOCK = _HooksLock()
 
 
 class ShutdownHook:
@@ -115,7 +119,7 @@ class ShutdownHook:
             if signal.getsignal(sig) == self._on_signal:
                 signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._installed = False
-        with _HOOKS_LOCK:
+        with _HOOKS_LOCK.lock:
             if _HOOKS.get(self._registry) is self:
                 del _HOOKS[self._registry]
 
@@ -177,7 +181,7 @@ def install_shutdown_hook(
     registry: Registry, *, signals: Iterable[int] = DEFAULT_SIGNALS, timeout: float = 10.0
 ) -> ShutdownHook:
     """Install (once per registry) the hook described in the module docstring; see `Registry.install_shutdown_hook`."""
-    with _HOOKS_LOCK:
+    with _HOOKS_LOCK.lock:
         hook = _HOOKS.get(registry)
         if hook is not None and hook.installed:
             return hook

@@ -1,7 +1,7 @@
 """From sources to a validated `RegistryConfig`, with every problem found in one pass.
 
 The steps: pick the profile, substitute ``${...}`` in the file's values, merge
-the layers (`sources.collect_layers` states the precedence), apply secret
+the layers (in the order `_sources.PRECEDENCE` states), apply secret
 files, validate every database with pydantic, run the cross-field `rules` and
 the checks across databases (`_pairs`), and validate the profiles that were not
 selected. Problems name the field path and the file and line, or the variable,
@@ -15,12 +15,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
+from ._envsettings import ENV_PREFIX, NESTING, read_env_file
 from ._errors import ConfigError, Problem, closest, redact, unknown_name_message
 from ._files import FileReadError, read_secret_file
 from ._interpolation import Budget, interpolate_tree, referenced_variables, substitutions
@@ -29,8 +30,6 @@ from ._rules import check
 from ._schema import NAME_PATTERN, TOP_LEVEL_KEYS, DatabaseConfig, RegistryConfig, SessionConfig, field_names
 from ._secrets import NotUtf8Error, looks_like_credentials, shown_name
 from ._sources import (
-    ENV_PREFIX,
-    NESTING,
     Merged,
     Origin,
     Origins,
@@ -47,6 +46,8 @@ from ._urls import parse_url
 from ._yamlfile import PathKey, YamlDocument
 
 __all__ = ["LoadedConfig", "load_config", "select_profile"]
+
+_ALIASES: Final = {name: info.alias for name, info in DatabaseConfig.model_fields.items() if info.alias}
 
 _NAME = re.compile(NAME_PATTERN)
 _BOOL = TypeAdapter(bool)
@@ -65,7 +66,14 @@ class LoadedConfig:
     profile: str | None = None
 
     def origin(self, path: PathKey) -> Origin:
-        return self.origins.of(path)
+        """Where ``path`` was written; a field written under its alias (``poolclass:``) is found there."""
+        origin = self.origins.of(path)
+        if len(path) == 3 and path[0] == "databases":
+            alias = _ALIASES.get(str(path[2]))
+            if alias is not None and origin == self.origins.of(path[:2]):
+                # Not found under its field name: the lookup fell back to the database's own line.
+                origin = self.origins.of((*path[:2], alias))
+        return origin
 
 
 @dataclass(slots=True)
@@ -116,8 +124,6 @@ def load_config(
     if env_file is not None:
         dotenv_label = f" (from {os.fspath(env_file)})"
         if Path(env_file).is_file():
-            from ._envsettings import read_env_file  # noqa: PLC0415  (pydantic-settings: only when there is a file)
-
             try:
                 dotenv = read_env_file(env_file)
             except NotUtf8Error as e:

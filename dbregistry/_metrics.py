@@ -23,7 +23,6 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -37,6 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import QueuePool
 
+from ._fork import reset_after_fork
 from ._health import observe_health
 
 if TYPE_CHECKING:
@@ -180,6 +180,14 @@ class PoolMeter:
             return PoolFigures(used, idle, most, idle_max, idle_min, pending, timeouts)
         return PoolFigures(None, None, None, None, None, pending, timeouts)
 
+    def _after_fork_in_child(self) -> None:
+        # The parent's threads do not exist here: their checkouts under way will never end, and a
+        # lock one of them held would never be released.
+        self._waiting.clear()
+        self._lock = threading.Lock()
+        if self._buffer is not None:
+            self._buffer._lock = threading.Lock()
+
     def add_recorder(self, recorder: Recorder) -> None:
         with self._lock:
             self._recorders = (*self._recorders, recorder)
@@ -261,25 +269,8 @@ def pool_meter(name: str, mode: str, direct: bool, engine: Engine | AsyncEngine)
             meter = PoolMeter(name, mode, direct, sync_engine)
             meter._attach()
             sync_engine.__dict__[_METER] = meter
-            _METERS.add(meter)
+            reset_after_fork(meter)
         return meter
-
-
-_METERS: weakref.WeakSet[PoolMeter] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # The parent's threads do not exist here: their checkouts under way will never end, and a
-    # lock one of them held would never be released.
-    for meter in list(_METERS):
-        meter._waiting.clear()
-        meter._lock = threading.Lock()
-        if meter._buffer is not None:
-            meter._buffer._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 HealthRecorder = Callable[[str, str, float], None]

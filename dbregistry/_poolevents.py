@@ -47,7 +47,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from ._health import describe_error, pool_stats, secrets_of
+from ._health import pool_stats
+from ._pools import sqlalchemy_defaults
+from ._secrets import describe_error, secrets_of
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -59,7 +61,6 @@ __all__ = ["attach_pool_logging", "logger", "pool_events_enabled"]
 logger = logging.getLogger("dbregistry.pool")
 
 _ATTACHED = "dbregistry_pool_events"
-_SQLALCHEMY_POOL_TIMEOUT = 30.0
 
 
 def pool_events_enabled(db: DatabaseConfig, config: RegistryConfig) -> bool:
@@ -81,7 +82,7 @@ def attach_pool_logging(name: str, engine: Engine | AsyncEngine, db: DatabaseCon
         return
     sync_engine.__dict__[_ATTACHED] = True
     secrets = secrets_of(db)
-    waited = db.pool_timeout if db.pool_timeout is not None else _SQLALCHEMY_POOL_TIMEOUT
+    waited = db.pool_timeout if db.pool_timeout is not None else sqlalchemy_defaults()["pool_timeout"]
 
     def log(level: int, what: str, message: str, *args: Any) -> None:
         if logger.isEnabledFor(level):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+import inspect
+from typing import Any, Final, Literal
 
 from sqlalchemy import pool
 
@@ -17,6 +18,7 @@ __all__ = [
     "accepted_options",
     "normalize_pool_name",
     "pool_class_for",
+    "sqlalchemy_defaults",
     "why_not",
 ]
 
@@ -76,6 +78,39 @@ def pool_class_for(name: str, *, is_async: bool) -> type[pool.Pool]:
 def accepted_options(name: str) -> frozenset[str]:
     """Which of the queue options (`QUEUE_OPTIONS`) the pool class takes."""
     return _ACCEPTS[name]
+
+
+# create_engine() reads these from **kwargs, so no signature states them: its documentation does.
+_ENGINE_DEFAULTS: Final[dict[str, Any]] = {"echo": False, "echo_pool": False, "isolation_level": None}
+# Our option name -> (pool class whose __init__ declares the default, its parameter there).
+_POOL_PARAMETERS: Final[dict[str, tuple[type[pool.Pool], str]]] = {
+    "pool_size": (pool.QueuePool, "pool_size"),
+    "max_overflow": (pool.QueuePool, "max_overflow"),
+    "pool_timeout": (pool.QueuePool, "timeout"),
+    "pool_use_lifo": (pool.QueuePool, "use_lifo"),
+    "pool_recycle": (pool.Pool, "recycle"),
+    "pool_pre_ping": (pool.Pool, "pre_ping"),
+    "pool_reset_on_return": (pool.Pool, "reset_on_return"),
+}
+
+
+def sqlalchemy_defaults() -> dict[str, Any]:
+    """What SQLAlchemy uses for each engine option left unset, asked of SQLAlchemy.
+
+    The pool options are read from the signatures of its pool classes, so they
+    follow SQLAlchemy's own defaults across versions; ``pool_reset_on_return``
+    is shown as the word ``create_engine`` takes (True means ``"rollback"``).
+
+    >>> sqlalchemy_defaults()["pool_size"], sqlalchemy_defaults()["pool_reset_on_return"]
+    (5, 'rollback')
+    """
+    defaults: dict[str, Any] = {
+        option: inspect.signature(cls.__init__).parameters[parameter].default
+        for option, (cls, parameter) in _POOL_PARAMETERS.items()
+    }
+    if defaults["pool_reset_on_return"] is True:
+        defaults["pool_reset_on_return"] = "rollback"
+    return defaults | _ENGINE_DEFAULTS | {"connect_args": {}, "execution_options": {}}
 
 
 def why_not(name: str) -> str:

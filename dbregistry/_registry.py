@@ -9,13 +9,13 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _causal, _health, _lifecycle, _routing, _sessions
 from ._engines import build_async_engine, build_sync_engine, loop_of
 from ._errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
+from ._fork import reset_after_fork
 from ._loader import LoadedConfig, load_config
 from ._poolers import derived_direct_url
 from ._poolers import detect as detect_pooler
@@ -66,9 +66,17 @@ class Registry:
     dispose every engine that was built.
     """
 
-    def __init__(self, config: RegistryConfig | LoadedConfig) -> None:
-        if isinstance(config, RegistryConfig):
-            config = LoadedConfig(config=config, origins=Origins(), source="RegistryConfig")
+    def __init__(self, config: RegistryConfig) -> None:
+        self._init(LoadedConfig(config=config, origins=Origins(), source="RegistryConfig"))
+
+    @classmethod
+    def _of(cls, loaded: LoadedConfig) -> Self:
+        """A registry of a loaded configuration (one that knows where each value came from)."""
+        registry = cls.__new__(cls)
+        registry._init(loaded)
+        return registry
+
+    def _init(self, config: LoadedConfig) -> None:
         self._loaded = config
         self._databases: Mapping[str, DatabaseConfig] = config.config.databases
         self._default = config.config.default
@@ -84,7 +92,7 @@ class Registry:
         self._dependencies: dict[tuple[bool, str | None, bool], Any] = {}
         # id(async engine) -> the event loop its latest connection was opened in (see _sessions.check_loop)
         self._loops: dict[int, asyncio.AbstractEventLoop] = {}
-        _LIVE.add(self)
+        reset_after_fork(self, drops_connections=True)
 
     # -- constructors -----------------------------------------------------------------
 
@@ -108,7 +116,7 @@ class Registry:
         Raises `ConfigError` listing every problem found.
         """
         document = load_yaml_file(path, limits)
-        return cls(
+        return cls._of(
             load_config(document=document, environ=environ, env_file=env_file, profile=profile, overrides=overrides)
         )
 
@@ -129,7 +137,7 @@ class Registry:
             )
             raise ConfigError([problem], origin="from_dict")
         document = YamlDocument(data=copy.deepcopy(dict(mapping)), file="from_dict", from_file=False)
-        return cls(
+        return cls._of(
             load_config(document=document, environ=environ, env_file=env_file, profile=profile, overrides=overrides)
         )
 
@@ -143,7 +151,7 @@ class Registry:
     ) -> Self:
         """Only the environment (and a ``.env`` file when present): ``DATABASE_URL``,
         ``DBREGISTRY_DATABASES__<NAME>__<FIELD>``, ``DBREGISTRY_DEFAULT``."""
-        return cls(
+        return cls._of(
             load_config(
                 document=None,
                 environ=environ,
@@ -167,7 +175,7 @@ class Registry:
         environment and a ``.env`` file (when present) layered on top."""
         variables = os.environ if environ is None else environ
         path = config if config is not None else variables.get(_CONFIG_VARIABLE)
-        return cls(
+        return cls._of(
             load_config(
                 document=load_yaml_file(path) if path else None,
                 environ=environ,
@@ -230,8 +238,7 @@ class Registry:
 
     # -- engines ------------------------------------------------------------------------
 
-    # `direct` is not keyword-only: CPython 3.11 calls such functions ~20 ns slower (bench figure 1).
-    def get(self, name: str | None = None, direct: bool = False) -> Engine:
+    def get(self, name: str | None = None, *, direct: bool = False) -> Engine:
         """The sync engine of ``name`` (the default database when None), built on first use.
 
         ``direct=True`` gives the engine on the database's ``direct_url``, past
@@ -247,7 +254,7 @@ class Registry:
         engine: Engine = self._build(name, self._sync, build_sync_engine)
         return engine
 
-    def get_async(self, name: str | None = None, direct: bool = False) -> AsyncEngine:
+    def get_async(self, name: str | None = None, *, direct: bool = False) -> AsyncEngine:
         """The async engine of ``name`` (the default database when None), built on first use.
 
         ``direct=True`` as for `get`.
@@ -660,7 +667,7 @@ class Registry:
         deadline = time.monotonic() + timeout
         await self._router.aclose(min(timeout, _routing.DEFAULT_PROBE_TIMEOUT))
         sync, async_ = self._detach()
-        failures = await _dispose_async(async_, max(0.0, deadline - time.monotonic()), timeout)
+        failures = await _adispose(async_, max(0.0, deadline - time.monotonic()), timeout)
         failures += _dispose_sync(sync)
         if failures:
             raise CloseError(failures)
@@ -715,7 +722,7 @@ class Registry:
 
         >>> reports = await registry.ahealth(timeout=1.0)    # doctest: +SKIP
         """
-        return await _health.check_health_async(self, timeout, names)
+        return await _health.acheck_health(self, timeout, names)
 
     def stats(self) -> dict[str, _health.PoolStats]:
         """SQLAlchemy's pool figures (``size``, ``checked_out``, ``overflow``, ``checked_in``) of every built engine.
@@ -828,7 +835,7 @@ async def _dispose_within(engine: AsyncEngine, timeout: float, shown: float | No
     raise _not_closed(timeout if shown is None else shown)
 
 
-async def _dispose_async(
+async def _adispose(
     engines: list[tuple[str, AsyncEngine]], timeout: float, shown: float
 ) -> list[tuple[str, Exception]]:
     results = await asyncio.gather(
@@ -869,15 +876,3 @@ def _autocommit(engine: Engine | AsyncEngine) -> bool:
         sync.dialect, "_on_connect_isolation_level", None
     )
     return isinstance(level, str) and level.upper() == "AUTOCOMMIT"
-
-
-_LIVE: weakref.WeakSet[Registry] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for registry in list(_LIVE):
-        registry._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

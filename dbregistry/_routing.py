@@ -39,15 +39,12 @@ INFO), URLs masked and passwords scrubbed from driver messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import itertools
 import logging
 import math
-import os
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
@@ -56,8 +53,10 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 from sqlalchemy import event
 
 from . import _causal
+from ._connect import bounded_connect
 from ._errors import RegistryClosedError, UnknownDatabaseError
-from ._health import bounded_connect
+from ._fork import reset_after_fork
+from ._replication import REPLICA_STATE_SQL
 from ._secrets import describe_error, secrets_of
 from ._urls import dialect_of, mask
 from ._waits import check_seconds
@@ -66,7 +65,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-    from ._registry import Registry
+    from ._provider import EngineProvider
     from ._schema import DatabaseConfig
 
 __all__ = [
@@ -95,13 +94,6 @@ _PROBE_STALE_AFTER: Final = 60.0
 # Weights are reduced to a cycle of at most this many slots (precomputed once per state change).
 _MAX_CYCLE: Final = 4096
 
-# Zero when the replica has replayed all it received: an idle primary sends nothing, and
-# now() - last replay timestamp would grow without any lag. NULL (unknown) counts as no lag.
-_PG_LAG_SQL: Final = (
-    "select case when not pg_is_in_recovery() then 0 "
-    "when pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() then 0 "
-    "else extract(epoch from now() - pg_last_xact_replay_timestamp()) end"
-)
 _PING_SQL: Final = "select 1"
 # 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 57P04 database_dropped.
 _DOWN_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "57P04"})
@@ -234,7 +226,7 @@ class Router:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: EngineProvider,
         *,
         backoff: float = DEFAULT_BACKOFF,
         lag_check_interval: float | None = DEFAULT_LAG_CHECK_INTERVAL,
@@ -267,7 +259,7 @@ class Router:
         self._positions = _read_your_writes(self._routes, databases)
         if registry.default is not None and registry.default in self._routes:
             self._routes[None] = self._routes[registry.default]
-        _ROUTERS.add(self)
+        reset_after_fork(self)
 
     # -- settings ------------------------------------------------------------------------
 
@@ -410,8 +402,9 @@ class Router:
         return self._registry.get_async(route.root)
 
     def _unknown(self, name: str | None) -> NoReturn:
-        self._registry._resolve(name)  # raises the registry's own error (no default, closed, ...)
-        raise UnknownDatabaseError(name, self._registry.names)  # pragma: no cover - _resolve raised
+        # Every declared name has a route: get() raises the registry's own error (no default, closed, ...).
+        self._registry.get(name)
+        raise UnknownDatabaseError(name, self._registry.names)  # pragma: no cover - get() raised
 
     # -- engines and their hooks -------------------------------------------------------------
 
@@ -588,7 +581,7 @@ class Router:
     def _start_probe(self, route: _Route, due: list[_Replica], loop: asyncio.AbstractEventLoop | None) -> None:
         name = f"dbregistry probe of {route.name}"
         if loop is not None:
-            probe = self._probe_async(route, due)
+            probe = self._aprobe(route, due)
             try:
                 task = loop.create_task(probe, name=name)
             except RuntimeError:  # the loop is closing
@@ -598,7 +591,7 @@ class Router:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        thread = threading.Thread(target=self._probe_sync, args=(route, due), name=name, daemon=True)
+        thread = threading.Thread(target=self._probe, args=(route, due), name=name, daemon=True)
         self._threads.add(thread)
         try:
             thread.start()
@@ -631,7 +624,7 @@ class Router:
         self._reschedule(route)
         return messages
 
-    def _probe_sync(self, route: _Route, due: Sequence[_Replica]) -> None:
+    def _probe(self, route: _Route, due: Sequence[_Replica]) -> None:
         try:
             for replica in due:
                 if self._closed:
@@ -643,7 +636,7 @@ class Router:
                 self._reschedule(route)
             self._threads.discard(threading.current_thread())
 
-    async def _probe_async(self, route: _Route, due: Sequence[_Replica]) -> None:
+    async def _aprobe(self, route: _Route, due: Sequence[_Replica]) -> None:
         try:
             for replica in due:
                 if self._closed:
@@ -911,7 +904,7 @@ def _describe(error: BaseException, secrets: Iterable[str]) -> str:
 
 def _measure(conn: Connection, replica: _Replica) -> float | None:
     if replica.measures_lag:
-        value = conn.exec_driver_sql(_PG_LAG_SQL).scalar()
+        _, value = conn.exec_driver_sql(REPLICA_STATE_SQL).one()
         return None if value is None else float(value)
     conn.exec_driver_sql(_PING_SQL).scalar()
     return None
@@ -919,7 +912,8 @@ def _measure(conn: Connection, replica: _Replica) -> float | None:
 
 async def _ameasure(conn: AsyncConnection, replica: _Replica) -> float | None:
     if replica.measures_lag:
-        value = (await conn.exec_driver_sql(_PG_LAG_SQL)).scalar()
+        row: Sequence[Any] = (await conn.exec_driver_sql(REPLICA_STATE_SQL)).one()
+        value = row[1]
         return None if value is None else float(value)
     (await conn.exec_driver_sql(_PING_SQL)).scalar()
     return None
@@ -944,16 +938,3 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
     """Collect the outcome of a probe left behind, so that asyncio does not log it as never retrieved."""
     if not task.cancelled():
         task.exception()
-
-
-_ROUTERS: weakref.WeakSet[Router] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for router in list(_ROUTERS):
-        with contextlib.suppress(Exception):
-            router._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -7,6 +7,7 @@ keeps SQLAlchemy's default for the dialect (options are forwarded with
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -24,9 +25,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlalchemy.engine import URL
 
-from ._causal import SettingError, normalize_setting
+from ._durations import SettingError, normalize_setting
 from ._hosts import parse_host
-from ._pools import PoolName, normalize_pool_name
+from ._pools import POOL_NAMES, PoolName, normalize_pool_name
 from ._secrets import mask_mapping, normalize_url
 from ._urls import mask, parse_url
 from ._waits import MAX_SECONDS
@@ -39,6 +40,7 @@ __all__ = [
     "DatabaseConfig",
     "RegistryConfig",
     "SessionConfig",
+    "config_schema",
     "field_names",
 ]
 
@@ -297,3 +299,80 @@ def field_names() -> list[str]:
         if info.alias:
             names.append(info.alias)
     return names
+
+
+# -- the file's JSON Schema ------------------------------------------------------------
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file, for editors (``# yaml-language-server: $schema=...``).
+
+    It is pydantic's schema of `RegistryConfig`, adjusted to what the file
+    really accepts: both ``pool_class`` and ``poolclass``, the pool names in
+    any case and their short forms, ``${VAR}`` in any value, and ``profiles:``.
+    """
+    schema = RegistryConfig.model_json_schema()
+    defs = schema["$defs"]
+    db = defs["DatabaseConfig"]
+    properties: dict[str, Any] = {}
+    for key, prop in db["properties"].items():
+        if key == "poolclass":
+            names = sorted(set(POOL_NAMES) | set(POOL_NAMES.values()))
+            properties["pool_class"] = {**prop, "anyOf": [{"enum": names}, {"type": "null"}], "title": "Pool Class"}
+        elif key in ("url", "direct_url"):
+            properties[key] = _without_uri_format(prop)
+        else:
+            properties[key] = prop
+    properties["poolclass"] = {**properties["pool_class"], "description": "alias of pool_class"}
+    db["properties"] = {key: _interpolatable(prop) for key, prop in properties.items()}
+    overlay = copy.deepcopy(db)
+    overlay.pop("required", None)
+    overlay["title"] = "DatabaseOverlay"
+    overlay["description"] = "A profile's changes to one database: any field, none required."
+    defs["DatabaseOverlay"] = overlay
+    schema["properties"]["databases"]["propertyNames"] = {"pattern": NAME_PATTERN}
+    schema["properties"]["log_pool_events"] = _interpolatable(schema["properties"]["log_pool_events"])
+    schema["properties"]["profiles"] = {
+        "description": "named overlays chosen by --profile, DBREGISTRY_PROFILE or APP_ENV",
+        "type": "object",
+        "additionalProperties": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "default": {"type": "string"},
+                "databases": {
+                    "type": "object",
+                    "propertyNames": {"pattern": NAME_PATTERN},
+                    "additionalProperties": {"$ref": "#/$defs/DatabaseOverlay"},
+                },
+            },
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "dbregistry configuration",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }
+
+
+def _without_uri_format(prop: dict[str, Any]) -> dict[str, Any]:
+    # ${DATABASE_URL:-sqlite:///./dev.db} is a valid value but not a URI.
+    prop = copy.deepcopy(prop)
+    for branch in [prop, *prop.get("anyOf", [])]:
+        branch.pop("format", None)
+    return prop
+
+
+def _interpolatable(prop: dict[str, Any]) -> dict[str, Any]:
+    # Any value may be written as ${VAR...}, substituted before validation.
+    if _any_string(prop):
+        return prop
+    meta: dict[str, Any] = {k: prop[k] for k in ("title", "description", "default") if k in prop}
+    body = {k: v for k, v in prop.items() if k not in meta}
+    return {**meta, "anyOf": [body, {"type": "string", "pattern": r"\$\{"}]}
+
+
+def _any_string(prop: dict[str, Any]) -> bool:
+    if prop.get("type") == "string" and not {"enum", "const", "pattern", "format"} & prop.keys():
+        return True
+    return any(_any_string(branch) for branch in prop.get("anyOf", []))

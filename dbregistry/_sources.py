@@ -4,7 +4,7 @@ Each source is a `Layer`: plain data plus a way to say where any of its values
 came from. Environment variables and ``.env`` files are read by
 pydantic-settings (``DBREGISTRY_`` prefix, ``__`` nesting, JSON for mappings;
 see `envsettings`); the conventional ``DATABASE_URL`` / ``<NAME>_DATABASE_URL`` variables are one
-small source of their own. `collect_layers` states the precedence, once.
+small source of their own. `PRECEDENCE` states the order, once.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
 
+from ._envsettings import ENV_PREFIX, NESTING, read_prefixed
 from ._schema import NAME_PATTERN
 from ._yamlfile import PathKey, YamlDocument, line_of
 
 __all__ = [
-    "ENV_PREFIX",
+    "PRECEDENCE",
     "Layer",
     "Merged",
     "Origin",
@@ -32,12 +33,12 @@ __all__ = [
     "url_variable",
 ]
 
-ENV_PREFIX = "DBREGISTRY_"
-NESTING = "__"  # DBREGISTRY_DATABASES__REPLICA__POOL_SIZE
-
 
 class Precedence(IntEnum):
-    """Every source of values, lowest first; a higher one wins field by field."""
+    """The tier of a source, as an `Origin` reports it; a higher one wins field by field.
+
+    The order of every source, within tiers too, is `PRECEDENCE`.
+    """
 
     DEFAULT = 0
     YAML = 1
@@ -46,6 +47,25 @@ class Precedence(IntEnum):
     DOTENV = 4
     ENVIRON = 5
     OVERRIDES = 6
+
+
+# Every source, highest first: the one statement of precedence (as pydantic-settings'
+# settings_customise_sources returns a tuple). In the environment and in the .env file,
+# the specific DBREGISTRY_* variables beat the conventional DATABASE_URL / <NAME>_DATABASE_URL.
+# Secret files (password_file) are applied after the merge (`_loader`), replacing a password
+# only where the URL came from a lower source; defaults are what validation leaves unset.
+PRECEDENCE: Final[tuple[tuple[Precedence, str], ...]] = (
+    (Precedence.OVERRIDES, "overrides="),
+    (Precedence.ENVIRON, "DBREGISTRY_*"),
+    (Precedence.ENVIRON, "*DATABASE_URL"),
+    (Precedence.DOTENV, "DBREGISTRY_*"),
+    (Precedence.DOTENV, "*DATABASE_URL"),
+    (Precedence.SECRET_FILE, "password_file"),
+    (Precedence.PROFILE, "profile"),
+    (Precedence.YAML, "file"),
+    (Precedence.DEFAULT, "default"),
+)
+_RANK: Final = {source: len(PRECEDENCE) - i for i, source in enumerate(PRECEDENCE)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +96,17 @@ class Layer:
     name: str = ""
     # What the source found wrong in itself while reading: (path, message), reported at origin_of(path).
     problems: list[tuple[PathKey, str]] = field(default_factory=list)
+    # Which source of its tier (the second item of a `PRECEDENCE` entry); the tier's first by default.
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            self.kind = next(kind for tier, kind in PRECEDENCE if tier is self.precedence)
+
+    @property
+    def rank(self) -> int:
+        """Its place in `PRECEDENCE`: a layer of higher rank wins."""
+        return _RANK[self.precedence, self.kind]
 
 
 @dataclass(slots=True)
@@ -139,7 +170,7 @@ def merge(layers: list[Layer]) -> Merged:
     """Merge layers lowest first; mappings merge key by key, anything else is replaced."""
     merged = Merged()
     merged._owned.add(id(merged.data))
-    for layer in sorted(layers, key=lambda item: item.precedence):
+    for layer in sorted(layers, key=lambda item: item.rank):
         _merge_into(merged, merged.data, layer.data, layer.origin_of, ())
     return merged
 
@@ -249,10 +280,6 @@ def prefixed_env_layer(environ: Mapping[str, str], precedence: Precedence, label
     names = {k.upper(): k for k in environ if k.upper().startswith(ENV_PREFIX)}
     data: dict[str, Any] = {}
     if names:
-        # pydantic-settings is imported only now: ~20 ms that a cold start without
-        # DBREGISTRY_* variables does not pay.
-        from ._envsettings import read_prefixed  # noqa: PLC0415
-
         data = read_prefixed(environ)
     databases = data.get("databases")
     if isinstance(databases, dict):
@@ -338,7 +365,7 @@ def url_env_layer(
         name = str(path[1]) if len(path) > 1 else ""
         return Origin(precedence, variables.get(name, "DATABASE_URL") + label)
 
-    return Layer(precedence, data, origin, f"environment{label}", problems)
+    return Layer(precedence, data, origin, f"environment{label}", problems, kind="*DATABASE_URL")
 
 
 def _no_default_for_database_url(declared: list[str]) -> str:
@@ -364,15 +391,7 @@ def collect_layers(
     overrides: Mapping[str, Any] | None,
     consumed: Collection[str] = (),
 ) -> list[Layer]:
-    """Every layer, lowest precedence first. The order, highest first, is:
-
-    1. ``overrides=`` passed in code
-    2. environment variables: ``DBREGISTRY_*``, then ``<NAME>_DATABASE_URL``, then ``DATABASE_URL``
-    3. the ``.env`` file, read the same way
-    4. secret files (``password_file``), applied after the merge (`apply_password_files`)
-    5. the YAML profile overlay
-    6. the YAML base (or the mapping given to ``from_dict``)
-    7. defaults: SQLAlchemy's own, for every option left unset
+    """Every layer, lowest first, in the order `PRECEDENCE` states.
 
     ``consumed``: the variables the file's ``${...}`` substituted (see `url_env_layer`).
     """
@@ -385,19 +404,17 @@ def collect_layers(
     declaration = any(layer.data.get("databases") is not None for layer in layers)
     layers.append(prefixed_env_layer(dotenv, Precedence.DOTENV, dotenv_label, written))
     layers.append(prefixed_env_layer(environ, Precedence.ENVIRON, "", written))
-    layers.sort(key=lambda layer: layer.precedence)
+    layers.sort(key=lambda layer: layer.rank)
+    # The default the highest layer names decides which database DATABASE_URL is for.
     declared, explicit_default = _declared(layers)
     for env, precedence, label in ((dotenv, Precedence.DOTENV, dotenv_label), (environ, Precedence.ENVIRON, "")):
-        # Below the DBREGISTRY_* variables of the same tier: the specific beats the conventional.
-        layer = url_env_layer(
-            env, precedence, label, declared, explicit_default, declaration=declaration, consumed=consumed
+        layers.append(
+            url_env_layer(
+                env, precedence, label, declared, explicit_default, declaration=declaration, consumed=consumed
+            )
         )
-        layers.insert(_position(layers, precedence), layer)
+    layers.sort(key=lambda layer: layer.rank)
     return layers
-
-
-def _position(layers: list[Layer], precedence: Precedence) -> int:
-    return next(i for i, layer in enumerate(layers) if layer.precedence >= precedence)
 
 
 def _declared(layers: list[Layer]) -> tuple[list[str], str | None]:

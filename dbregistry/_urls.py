@@ -17,7 +17,7 @@ from typing import Final
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from ._errors import closest
+from ._errors import DBRegistryError, closest
 from ._hosts import libpq_host_list_to_query
 from ._secrets import check_url_text, normalize_url
 from ._secrets import mask_url as mask
@@ -130,7 +130,7 @@ def _sqlalchemy_has_driver(dialect: str, driver: str) -> bool:
     return (files("sqlalchemy.dialects") / package / f"{driver}.py").is_file()
 
 
-class DriverError(ValueError):
+class DriverError(DBRegistryError, ValueError):
     """No driver is known for the mode asked; the message names the one to declare."""
 
 

@@ -24,9 +24,9 @@ from dbregistry._causal import (
     decode,
     encode,
     key_of,
-    normalize_setting,
     writes,
 )
+from dbregistry._durations import normalize_setting
 
 
 @pytest.fixture(autouse=True)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import subprocess
 import sys
+import types
+import typing
+from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import dbregistry
 
@@ -14,18 +23,65 @@ def test_all_is_sorted() -> None:
     assert dbregistry.__all__ == sorted(dbregistry.__all__)
 
 
-def test_all_names_exist() -> None:
-    for name in dbregistry.__all__:
-        assert getattr(dbregistry, name) is not None
+def test_all_is_exactly_the_public_names() -> None:
+    """httpx's check: every public name the package defines is in `__all__`, and nothing else is.
 
-
-def test_every_public_class_is_exported() -> None:
+    Modules are left out: the public integration modules (``dbregistry.prometheus``, ...)
+    become attributes of the package once imported, and are named by their import path.
+    """
     public = {
         name
         for name, value in vars(dbregistry).items()
-        if not name.startswith("_") and isinstance(value, type) and value.__module__.startswith("dbregistry")
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
-    assert public <= set(dbregistry.__all__)
+    assert public == set(dbregistry.__all__)
+
+
+def _type_checking_names(module: types.ModuleType) -> dict[str, Any]:
+    """What ``module`` imports under ``if TYPE_CHECKING:``, imported now so its annotations resolve."""
+    tree = ast.parse(inspect.getsource(module))
+    names: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) in {"TYPE_CHECKING", "typing.TYPE_CHECKING"}:
+            for statement in node.body:
+                if isinstance(statement, ast.ImportFrom):
+                    source = importlib.import_module(
+                        "." * statement.level + (statement.module or ""), module.__package__
+                    )
+                    names.update({a.asname or a.name: getattr(source, a.name) for a in statement.names})
+    return names
+
+
+def _annotated_classes(owner: type) -> Iterator[tuple[str, type]]:
+    """(``Class.member``, class) for every dbregistry class in a public member's annotations."""
+    for member_name, member in vars(owner).items():
+        if member_name.startswith("_") and member_name not in {"__init__", "__getitem__", "__iter__"}:
+            continue
+        function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+        if not callable(function):
+            continue
+        # Its globals, not owner.__module__: the public classes say they live in ``dbregistry``.
+        module = sys.modules[function.__globals__["__name__"]]
+        hints = typing.get_type_hints(function, globalns={**_type_checking_names(module), **vars(module)})
+        for hint in hints.values():
+            stack = [hint]
+            while stack:
+                item = stack.pop()
+                stack.extend(typing.get_args(item))
+                if isinstance(item, type) and item.__module__.startswith("dbregistry"):
+                    yield f"{owner.__name__}.{member_name}", item
+
+
+def test_every_type_a_public_method_takes_or_returns_is_exported() -> None:
+    exported = {getattr(dbregistry, name) for name in dbregistry.__all__}
+    missing = sorted(
+        f"{where} uses {cls.__name__} ({cls.__module__})"
+        for owner in exported
+        if isinstance(owner, type)
+        for where, cls in _annotated_classes(owner)
+        if cls not in exported
+    )
+    assert not missing
 
 
 def test_errors_have_the_documented_bases() -> None:
@@ -69,3 +125,37 @@ def test_pydantic_settings_loads_for_dbregistry_variables() -> None:
 
 def test_py_typed_ships() -> None:
     assert files("dbregistry").joinpath("py.typed").is_file()
+
+
+class TestSignatures:
+    """What the naming convention in CONTRIBUTING.md promises callers."""
+
+    def test_direct_is_keyword_only(self) -> None:
+        registry = dbregistry.Registry.from_dict({"databases": {"dev": {"url": "sqlite://"}}}, environ={})
+        try:
+            assert registry.get("dev", direct=True) is registry.get("dev")
+            for method in (registry.get, registry.get_async):
+                with pytest.raises(TypeError, match=r"takes from 1 to 2 positional arguments but 3 were given"):
+                    method("dev", True)  # type: ignore[call-arg]
+        finally:
+            registry.close()
+
+    def test_coroutine_methods_start_with_a_and_async_constructors_with_async(self) -> None:
+        coroutines = {
+            name
+            for name, member in vars(dbregistry.Registry).items()
+            if not name.startswith("_") and inspect.iscoroutinefunction(member)
+        }
+        assert coroutines == {"aclose", "ahealth", "acheck_replicas"}
+        returns_async_objects = {
+            name
+            for name, member in vars(dbregistry.Registry).items()
+            if not name.startswith("_") and "Async" in str(getattr(member, "__annotations__", {}).get("return", ""))
+        }
+        # get_async() keeps its name (users write it); lifespan is the name ASGI frameworks ask for.
+        assert returns_async_objects - {"get_async", "lifespan"} == {
+            "async_reader",
+            "async_writer",
+            "async_session",
+            "async_session_dependency",
+        }

@@ -11,7 +11,17 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from dbregistry import ConfigError, Registry
-from dbregistry._sources import Layer, Origin, Origins, Precedence, base_layer, merge, overrides_layer, profile_layer
+from dbregistry._sources import (
+    PRECEDENCE,
+    Layer,
+    Origin,
+    Origins,
+    Precedence,
+    base_layer,
+    merge,
+    overrides_layer,
+    profile_layer,
+)
 from dbregistry._yamlfile import PathKey, load_yaml_text
 
 BASE = """\
@@ -480,3 +490,20 @@ class TestMergeCopyOnWriteAndOrigins:
         merged = merge([base, overrides_layer({"databases": {"replica": None}})])
         assert merged.data["databases"]["replica"] is None
         assert base.data["databases"]["replica"] is not None
+
+
+class TestPrecedenceIsStatedOnce:
+    """`PRECEDENCE` is the order; the `Precedence` tiers an `Origin` reports must agree with it."""
+
+    def test_the_tiers_descend_in_the_declared_order(self) -> None:
+        tiers = [tier for tier, _ in PRECEDENCE]
+        assert tiers == sorted(tiers, reverse=True)
+        assert set(tiers) == set(Precedence)
+
+    def test_within_a_tier_the_specific_variable_beats_database_url(self) -> None:
+        registry = Registry.from_env(
+            environ={"DATABASE_URL": "sqlite:///conventional.db", "DBREGISTRY_DATABASES__PRIMARY__URL": "sqlite://"},
+            env_file=None,
+        )
+        assert registry["primary"].url.render_as_string() == "sqlite://"
+        assert registry.origin("primary", "url").source == "DBREGISTRY_DATABASES__PRIMARY__URL"

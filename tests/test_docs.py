@@ -228,15 +228,18 @@ def check_syntax(block: Block) -> None:
 
 
 def track_registries(monkeypatch: pytest.MonkeyPatch) -> list[Registry]:
-    """Every registry the snippets create, in order."""
+    """Every registry the snippets create, in order (held here, so that none is collected unclosed).
+
+    Every constructor (``Registry(...)`` and the ``from_*``/``load`` class methods) ends in ``_init``.
+    """
     created: list[Registry] = []
-    init = Registry.__init__
+    init = Registry._init
 
     def tracked(self: Registry, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         created.append(self)
 
-    monkeypatch.setattr(Registry, "__init__", tracked)
+    monkeypatch.setattr(Registry, "_init", tracked)
     return created
 
 

@@ -214,6 +214,43 @@ def test_a_new_connection_waits_for_the_promotion_within_its_connect_timeout(
     registry.close()
 
 
+def test_a_pooled_connection_the_server_ended_while_idle_is_dropped_as_a_disconnect(
+    pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast shutdown (or pg_terminate_backend) ends idle sessions with a FATAL message, then the socket.
+
+    When asyncpg reads that message before the end of the socket, its next BEGIN on the
+    connection raises ``InternalClientError: cannot switch to state 15; another operation (2)
+    is in progress``, by then on a closed connection. SQLAlchemy >= 2.0.50 (sqlalchemy#13241)
+    raises it as a DBAPIError and invalidates the connection; 2.0.38-2.0.49 let asyncpg's own
+    exception through, not a disconnect, and kept the closed connection in the pool (what
+    made bench figure 12 crash on the lowest versions). Simulated here: the race is timing-bound.
+    """
+    import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415 - the async extra
+
+    registry = Registry.from_yaml(writer_yaml(tmp_path, [pg]), environ={})
+
+    async def begin_after_a_fatal_message(self: Any) -> None:
+        self._connection.terminate()  # the end of the socket that follows the FATAL message
+        raise asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+
+    async def scenario() -> None:
+        engine = registry.get_async()
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT 1")) == 1
+        with monkeypatch.context() as patch:
+            patch.setattr(asyncpg.transaction.Transaction, "start", begin_after_a_fatal_message)
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as caught:
+                async with engine.connect() as conn:
+                    await conn.scalar(text("SELECT 1"))
+        assert caught.value.connection_invalidated
+        async with engine.connect() as conn:  # the pool connects again
+            assert await conn.scalar(text("SELECT 1")) == 1
+        await registry.aclose()
+
+    asyncio.run(scenario())
+
+
 # -- a primary that becomes read-only -------------------------------------------------------
 
 

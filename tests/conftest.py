@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from servers import (
@@ -49,3 +50,23 @@ def pgbouncer(pg: PostgresServer) -> Iterator[PgBouncer]:
     _require(pgbouncer_available())
     with PgBouncer(pg, default_pool_size=3) as bouncer:
         yield bouncer
+
+
+# A primary and its replica in a YAML file, for the tests of how sources layer over a file.
+SOURCES_BASE = """\
+default: primary
+databases:
+  primary:
+    url: postgresql://app:yaml-pw@db.internal/app
+    pool_size: 5
+  replica:
+    url: postgresql://app:yaml-pw@replica.internal/app
+    replica_of: primary
+"""
+
+
+@pytest.fixture
+def base_file(tmp_path: Path) -> Path:
+    path = tmp_path / "databases.yaml"
+    path.write_text(SOURCES_BASE)
+    return path

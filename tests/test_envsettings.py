@@ -12,24 +12,6 @@ import pytest
 
 from dbregistry import ConfigError, Registry
 
-BASE = """\
-default: primary
-databases:
-  primary:
-    url: postgresql://app:yaml-pw@db.internal/app
-    pool_size: 5
-  replica:
-    url: postgresql://app:yaml-pw@replica.internal/app
-    replica_of: primary
-"""
-
-
-@pytest.fixture
-def base_file(tmp_path: Path) -> Path:
-    path = tmp_path / "databases.yaml"
-    path.write_text(BASE)
-    return path
-
 
 class TestPrefixedVariables:
     def test_field_of_a_declared_database(self, base_file: Path) -> None:

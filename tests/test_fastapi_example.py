@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import warnings
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from example_app import load_example
 from servers import PASSWORD, PostgresServer, ReplicaServer
 
 from dbregistry import Registry, RegistryClosedError
@@ -26,16 +24,6 @@ with warnings.catch_warnings():
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "fastapi_app.py"
 SHIPPED = ROOT / "config" / "databases.yaml"
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fastapi_app_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def closed_port() -> int:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from example_app import load_example
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from prometheus_client import CollectorRegistry, generate_latest
@@ -76,16 +74,6 @@ def collector_registry(registry: Registry) -> CollectorRegistry:
     metrics = CollectorRegistry()
     metrics.register(RegistryCollector(registry))
     return metrics
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fastapi_app_metrics_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- the FastAPI example's /metrics ---------------------------------------------------------

@@ -24,24 +24,6 @@ from dbregistry._sources import (
 )
 from dbregistry._yamlfile import PathKey, load_yaml_text
 
-BASE = """\
-default: primary
-databases:
-  primary:
-    url: postgresql://app:yaml-pw@db.internal/app
-    pool_size: 5
-  replica:
-    url: postgresql://app:yaml-pw@replica.internal/app
-    replica_of: primary
-"""
-
-
-@pytest.fixture
-def base_file(tmp_path: Path) -> Path:
-    path = tmp_path / "databases.yaml"
-    path.write_text(BASE)
-    return path
-
 
 class TestDatabaseUrlConventions:
     def test_database_url_alone_gives_primary(self) -> None:

@@ -11,12 +11,28 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from ._schema import DatabaseConfig, RegistryConfig
 
-__all__ = ["EngineProvider"]
+__all__ = ["BuiltEngines", "EngineProvider"]
+
+
+class BuiltEngines(Protocol):
+    """A read-only view of the pooled engines built so far, by name (None: the default, once asked for so).
+
+    The mappings are live: they change as engines are built and are emptied on
+    close, never replaced, so a service may keep them and read them without a lock.
+    """
+
+    @property
+    def sync(self) -> Mapping[str | None, Engine]: ...
+
+    @property
+    def async_(self) -> Mapping[str | None, AsyncEngine]: ...
 
 
 class EngineProvider(Protocol):

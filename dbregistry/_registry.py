@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _causal, _health, _lifecycle, _routing, _sessions
+from ._engine_cache import EngineCache
 from ._engines import build_async_engine, build_sync_engine, loop_of
 from ._errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
 from ._fork import reset_after_fork
@@ -80,13 +81,11 @@ class Registry:
         self._loaded = config
         self._databases: Mapping[str, DatabaseConfig] = config.config.databases
         self._default = config.config.default
-        self._sync: dict[str | None, Engine] = {}
-        self._async: dict[str | None, AsyncEngine] = {}
-        self._sync_direct: dict[str | None, Engine] = {}
-        self._async_direct: dict[str | None, AsyncEngine] = {}
+        # Every built engine; written only under _lock. The router reads its pooled dicts too.
+        self._cache = EngineCache()
         self._lock = threading.Lock()
         self._closed = False
-        self._router = _routing.Router(self)
+        self._router = _routing.Router(self, self._cache)
         self._engine_listeners: list[EngineListener] = []
         self._session_defaults: dict[str | None, dict[str, bool]] = {}
         self._dependencies: dict[tuple[bool, str | None, bool], Any] = {}
@@ -232,7 +231,7 @@ class Registry:
         raise UnknownDatabaseError(name, list(self._databases))
 
     def __repr__(self) -> str:
-        built = len({id(e) for e in self._sync.values()}) + len({id(e) for e in self._async.values()})
+        built = self._cache.built_count()
         state = "closed" if self._closed else f"{built} engine{'s' if built != 1 else ''} built"
         return f"<Registry [{', '.join(self._databases)}] default={self._default!r} {state}>"
 
@@ -246,12 +245,12 @@ class Registry:
         advisory locks, ``SET``). A database with no pooler is direct already.
         """
         if direct:
-            return self._get_direct(name, self._sync_direct, self._sync, build_sync_engine)  # type: ignore[no-any-return]
+            return self._get_direct(name, is_async=False)  # type: ignore[no-any-return]
         try:
-            return self._sync[name]
+            return self._cache.sync[name]
         except KeyError:
             pass  # built outside the except block: a failure must not chain the KeyError holding the name given
-        engine: Engine = self._build(name, self._sync, build_sync_engine)
+        engine: Engine = self._build(name, is_async=False)
         return engine
 
     def get_async(self, name: str | None = None, *, direct: bool = False) -> AsyncEngine:
@@ -260,11 +259,11 @@ class Registry:
         ``direct=True`` as for `get`.
         """
         if direct:
-            aengine: AsyncEngine = self._get_direct(name, self._async_direct, self._async, build_async_engine)
+            aengine: AsyncEngine = self._get_direct(name, is_async=True)
         else:
-            found = self._async.get(name)
+            found = self._cache.async_.get(name)
             # Built outside any except block, as in get().
-            aengine = self._build(name, self._async, build_async_engine) if found is None else found
+            aengine = self._build(name, is_async=True) if found is None else found
         # The hot path (bench figure 1) checks only for a loop that has ended (a second
         # asyncio.run, pytest-asyncio's loop per test): asking which loop is running costs
         # ~250 ns on CPython 3.11, is_closed() ~50 ns. Sessions make the full check.
@@ -278,31 +277,30 @@ class Registry:
         if owner is not None and owner is not asyncio._get_running_loop():
             _sessions.check_loop(self._default if name is None else name, engine, owner)
 
-    def _build(self, name: str | None, engines: dict[str | None, Any], build: Any, url: URL | None = None) -> Any:
+    def _build(self, name: str | None, *, is_async: bool, url: URL | None = None) -> Any:
         resolved = self._resolve(name)
+        engines = self._cache.table(is_async=is_async, direct=url is not None)
         with self._lock:
             if self._closed:
                 raise RegistryClosedError(f"the registry is closed; cannot open {resolved!r}")
             engine = engines.get(resolved)
             if engine is None:
                 origin = self.origin(resolved, "direct_url" if url is not None else "url")
+                build: Any = build_async_engine if is_async else build_sync_engine
                 engine = build(resolved, self._databases[resolved], origin, url=url)
                 attach_pool_logging(resolved, engine, self._databases[resolved], self.config)
                 if url is None:
+                    # Hooked before the engine is published; watch takes no lock (see Router.watch).
                     self._router.watch(resolved, getattr(engine, "sync_engine", engine))
-                if hasattr(engine, "sync_engine"):
+                if is_async:
                     _sessions.remember_loops(engine, self._loops)
                 for listener in self._engine_listeners:
-                    listener(resolved, "async" if build is build_async_engine else "sync", url is not None, engine)
-                engines[resolved] = engine
-            if name is None:
-                engines[None] = engine
+                    listener(resolved, "async" if is_async else "sync", url is not None, engine)
+            self._cache.store(engines, name, resolved, engine)
             return engine
 
-    def _get_direct(
-        self, name: str | None, direct: dict[str | None, Any], pooled: dict[str | None, Any], build: Any
-    ) -> Any:
-        engine = direct.get(name)
+    def _get_direct(self, name: str | None, *, is_async: bool) -> Any:
+        engine = self._cache.table(is_async=is_async, direct=True).get(name)
         if engine is not None:
             return engine
         resolved = self._resolve(name)
@@ -320,8 +318,8 @@ class Registry:
                     line=origin.line,
                 )
                 raise ConfigError([problem], origin=origin.file or origin.source)
-            return self._build(name, pooled, build)
-        return self._build(name, direct, build, url)
+            return self._build(name, is_async=is_async)
+        return self._build(name, is_async=is_async, url=url)
 
     def _resolve(self, name: str | None) -> str:
         if name is None:
@@ -571,14 +569,8 @@ class Registry:
         handed out, so none is missed or seen twice; a listener must not block.
         """
         with self._lock:
-            for mode, direct, engines in (
-                ("sync", False, self._sync),
-                ("sync", True, self._sync_direct),
-                ("async", False, self._async),
-                ("async", True, self._async_direct),
-            ):
-                for name, engine in _unique_engines(engines):
-                    listener(name, mode, direct, engine)
+            for built in self._cache.built():
+                listener(*built)
             self._engine_listeners.append(listener)
 
     def read_your_writes_fallbacks(self) -> dict[str, int]:
@@ -619,11 +611,9 @@ class Registry:
     def _detach(self) -> tuple[list[tuple[str, Engine]], list[tuple[str, AsyncEngine]]]:
         with self._lock:
             self._closed = True
-            sync = _unique_engines(self._sync) + _unique_engines(self._sync_direct)
-            async_ = _unique_engines(self._async) + _unique_engines(self._async_direct)
-            self._sync, self._async, self._sync_direct, self._async_direct = {}, {}, {}, {}
+            engines = self._cache.detach()
             self._loops = {}
-        return sync, async_
+        return engines
 
     def close(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
         """Dispose every engine built, sync and async, within ``timeout`` seconds in all; idempotent. The registry then refuses to build
@@ -639,7 +629,7 @@ class Registry:
         ``await aclose()`` instead (this raises `RuntimeError` and changes nothing).
         """
         check_seconds(timeout, "timeout")
-        if self._async and _lifecycle.loop_running():
+        if self._cache.has_async() and _lifecycle.loop_running():
             raise RuntimeError(
                 "close() cannot wait for async engines inside a running event loop; use `await registry.aclose()`"
             )
@@ -691,12 +681,7 @@ class Registry:
         # first get()) would never be released. Its engines dict may lack that engine; the
         # next get() builds it.
         self._lock = threading.Lock()
-        # SQLAlchemy's documented recipe: the child drops the parent's pooled
-        # connections without closing them (closing would end the parent's sessions).
-        for _, engine in _unique_engines(self._sync) + _unique_engines(self._sync_direct):
-            engine.dispose(close=False)
-        for _, aengine in _unique_engines(self._async) + _unique_engines(self._async_direct):
-            aengine.sync_engine.dispose(close=False)
+        self._cache.drop_after_fork()
 
     # -- operating: health, stats, shutdown (dbregistry.health / lifecycle) --
 
@@ -732,7 +717,7 @@ class Registry:
 
         A database whose sync and async engines are both built gets their sum.
         """
-        return _health.pool_figures(self.names, self._sync, self._async)
+        return _health.pool_figures(self.names, self._cache.sync, self._cache.async_)
 
     def install_shutdown_hook(
         self, *, signals: Iterable[int] = _lifecycle.DEFAULT_SIGNALS, timeout: float = 10.0
@@ -759,10 +744,6 @@ class Registry:
         own event loop and disposes them there.
         """
         return _lifecycle.lifespan(self, app)
-
-
-def _unique_engines(engines: Mapping[str | None, Any]) -> list[tuple[str, Any]]:
-    return [(name, engine) for name, engine in engines.items() if name is not None]
 
 
 def _dispose_sync(engines: list[tuple[str, Engine]]) -> list[tuple[str, Exception]]:

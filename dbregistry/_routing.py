@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-    from ._provider import EngineProvider
+    from ._provider import BuiltEngines, EngineProvider
     from ._schema import DatabaseConfig
 
 __all__ = [
@@ -227,6 +227,7 @@ class Router:
     def __init__(
         self,
         registry: EngineProvider,
+        engines: BuiltEngines,
         *,
         backoff: float = DEFAULT_BACKOFF,
         lag_check_interval: float | None = DEFAULT_LAG_CHECK_INTERVAL,
@@ -241,8 +242,10 @@ class Router:
         # Apart from _lock: reader() must never wait for a state change to count a fallback.
         self._count_lock = threading.Lock()
         self._closed = False
-        self._sync: dict[str, Engine] = {}
-        self._async: dict[str, AsyncEngine] = {}
+        # The registry's own dicts, read without a lock (they are emptied on close, never replaced):
+        # reader() is a lookup in them; a miss asks the registry, which builds and stores the engine.
+        self._sync = engines.sync
+        self._async = engines.async_
         self._threads: set[threading.Thread] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._routes: dict[str | None, _Route] = {}
@@ -409,31 +412,19 @@ class Router:
     # -- engines and their hooks -------------------------------------------------------------
 
     def _engine(self, name: str) -> Engine:
-        with self._lock:
-            engine = self._sync.get(name)
-            if engine is not None:
-                return engine
-            engine = self._registry.get(name)  # a replica's engine was hooked as it was built (watch)
-            if not self._closed:
-                self._sync[name] = engine
-            return engine
+        # No lock of the router's is held while the registry takes its own: there is no lock order.
+        return self._registry.get(name)  # a replica's engine was hooked as it was built (watch)
 
     def _async_engine(self, name: str) -> AsyncEngine:
-        with self._lock:
-            aengine = self._async.get(name)
-            if aengine is not None:
-                return aengine
-            aengine = self._registry.get_async(name)
-            if not self._closed:
-                self._async[name] = aengine
-            return aengine
+        return self._registry.get_async(name)
 
     def watch(self, name: str, engine: Engine) -> None:
         """Hook a replica's engine as it is built, so it is watched however it was obtained (``get("replica")`` too).
 
         Called under the registry's lock, before the engine is published; no
-        other thread can hold the engine yet, so this takes no lock of its own
-        (the router's lock is taken before the registry's elsewhere).
+        other thread can hold the engine yet, so this takes no lock of its own,
+        and the router never asks the registry for an engine while holding one:
+        the two locks are never held together.
         """
         replica = self._replicas.get(name)
         if replica is not None:
@@ -760,9 +751,9 @@ class Router:
     # -- closing ----------------------------------------------------------------------------------
 
     def close(self, timeout: float = _PROBE_JOIN_TIMEOUT) -> None:
-        """Stop starting probes, wait for the ones in flight (``timeout`` in all), forget the engines.
+        """Stop starting probes, wait for the ones in flight (``timeout`` in all).
 
-        The registry disposes the engines.
+        The registry empties its engine cache and disposes the engines.
         """
         self._closed = True
         deadline = time.monotonic() + timeout
@@ -773,7 +764,6 @@ class Router:
                 loop.call_soon_threadsafe(task.cancel)
         for positions in self._positions.values():
             positions.stop(max(0.0, deadline - time.monotonic()))
-        self._forget()
 
     async def aclose(self, timeout: float = _PROBE_JOIN_TIMEOUT) -> None:
         """`close`, awaiting the probe tasks of the running loop instead of cancelling them; ``timeout`` in all."""
@@ -797,11 +787,6 @@ class Router:
     def reopen(self) -> None:
         """Start probing again after `close` (the registry was reopened)."""
         self._closed = False
-
-    def _forget(self) -> None:
-        with self._lock:
-            self._sync = {}
-            self._async = {}
 
     def _after_fork_in_child(self) -> None:
         # Probes of the parent do not exist here; a lock held by one of its threads would never be released.

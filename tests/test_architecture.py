@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("models", frozenset({"_pools", "_urls", "_hosts", "_waits", "_durations", "_schema"})),
     ("sources", frozenset({"_envsettings", "_sources"})),
     ("validated config", frozenset({"_connect", "_poolers", "_rules", "_pairs", "_credentials", "_loader"})),
-    ("engines", frozenset({"_engines", "_failover", "_provider", "_replication"})),
+    ("engines", frozenset({"_engines", "_engine_cache", "_failover", "_provider", "_replication"})),
     (
         "runtime services",
         frozenset(

@@ -1,12 +1,13 @@
 """`EngineCache`: every engine a registry built, by name, sync or async, pooled or direct.
 
 One owner for the built engines: the registry stores into it under its lock,
-and everything else reads it. ``get()``'s hot path indexes the per-mode dicts
-directly (an attribute and a dict lookup, bench figure 1), so they are plain
-dicts; routing holds references to the pooled ones (`EngineProvider.engines`)
-and reads them without a lock. That is why nothing here ever replaces a dict:
-`detach` and `drop_after_fork` work in place, and a reader holding a dict
-always sees the current engines.
+and everything else reads it. The hot paths index the per-mode dicts directly,
+so they are plain dicts: ``Registry.get()`` / ``get_async()`` and the router's
+``reader()`` keep references to the pooled ones (the router through the
+read-only `BuiltEngines` view) and read them without a lock, one dict lookup
+once an engine is built (bench figure 1). That is why nothing here ever
+replaces a dict: `detach` and `drop_after_fork` work in place, and a reader
+holding a dict always sees the current engines.
 
 A dict may also hold the key None, the alias of the default database, so that
 ``get()`` (no name) is one lookup too; it is written in `store` and skipped by

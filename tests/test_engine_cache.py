@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,42 @@ class TestOneCache:
             sync.pool.dispose = _recorder(disposed, label)  # type: ignore[method-assign]
         registry.close()
         assert sorted(disposed) == ["primary async", "primary sync", "replica sync"]
+
+
+class TestNoLockOrder:
+    def test_routing_state_answers_while_a_reader_waits_for_a_replica_being_built(self, tmp_path: Path) -> None:
+        """A reader waiting for the registry to build its replica holds no lock of the router's.
+
+        Before the one cache, the router filled its own copy under its lock, so
+        `replica_status` (which takes that lock) waited for the whole build.
+        """
+        registry = registry_of(tmp_path)
+        building, release = threading.Event(), threading.Event()
+
+        def slow_listener(name: str, mode: str, direct: bool, engine: object) -> None:
+            if name == "replica":  # under the registry's lock, before the engine is handed out
+                building.set()
+                release.wait(30)
+
+        registry.add_engine_listener(slow_listener)
+        builder = threading.Thread(target=registry.get, args=("replica",))
+        builder.start()
+        try:
+            assert building.wait(30)
+            reader = threading.Thread(target=registry.reader, args=("primary",))
+            reader.start()
+            reader.join(timeout=0.5)  # lets it reach the registry's lock; the assertions below are on order only
+            statuses: list[bool] = []
+            status = threading.Thread(target=lambda: statuses.append(registry.replica_status()["replica"].up))
+            status.start()
+            status.join(timeout=20)  # a hang, not speed: it ends only when the build does if it waits for it
+            assert statuses == [True]
+            assert reader.is_alive()  # still waiting for the build: replica_status did not
+        finally:
+            release.set()
+            builder.join(timeout=30)
+            reader.join(timeout=30)
+        registry.close()
 
 
 class TestDirectEngines:

@@ -10,9 +10,7 @@ may repeat the URL).
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,7 +33,7 @@ from ._urls import DriverError, driver_of, install_hint, is_sqlite_memory, resol
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["EngineSpec", "build_async_engine", "build_sync_engine", "engine_spec", "loop_of"]
+__all__ = ["EngineSpec", "build_async_engine", "build_sync_engine", "engine_spec"]
 
 
 @dataclass(slots=True)
@@ -173,22 +171,7 @@ def build_async_engine(name: str, db: DatabaseConfig, origin: Origin, *, url: UR
         raise _build_error(name, origin, e, spec.url) from None
     sync_engine = engine.sync_engine
     _install_listeners(sync_engine, name, db, spec)
-
-    def remember_loop(dbapi_connection: Any, record: Any) -> None:
-        _LOOPS[sync_engine] = weakref.ref(asyncio.get_running_loop())
-
-    event.listen(sync_engine, "connect", remember_loop)
     return engine
-
-
-# The event loop each async engine's connections live in: closing them must happen there.
-_LOOPS: weakref.WeakKeyDictionary[Engine, weakref.ref[asyncio.AbstractEventLoop]] = weakref.WeakKeyDictionary()
-
-
-def loop_of(engine: AsyncEngine) -> asyncio.AbstractEventLoop | None:
-    """The event loop the engine last opened a connection in, while it exists."""
-    ref = _LOOPS.get(engine.sync_engine)
-    return ref() if ref is not None else None
 
 
 def _spec_or_error(name: str, db: DatabaseConfig, origin: Origin, *, is_async: bool, url: URL | None) -> EngineSpec:

@@ -339,9 +339,10 @@ def _apply_password_files(merged: Merged, found: _Collector) -> set[tuple[str, s
 
     It beats a password written in the file's ``url``; a ``url`` that came from a
     higher source (the environment, overrides) with its own password keeps it, and
-    so does a ``direct_url`` with its own password: those (name, field) pairs are returned. A relative path is relative to the
-    folder of the YAML file that declared it (and is stored resolved); one from
-    the environment or code, to the working directory. The file is read here
+    so does a ``direct_url`` with its own password: those (name, field) pairs
+    are returned. A relative path is relative to the folder of the YAML file
+    that declared it (and is stored resolved); one from the environment or
+    code, to the working directory. The file is read here
     to report a missing or unreadable one at load, and again for every new
     connection (`dbregistry._credentials`).
     """

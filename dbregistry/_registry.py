@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import _causal, _health, _lifecycle, _routing, _sessions
 from ._engine_cache import EngineCache
-from ._engines import build_async_engine, build_sync_engine, loop_of
+from ._engines import build_async_engine, build_sync_engine
 from ._errors import CloseError, ConfigError, Problem, RegistryClosedError, UnknownDatabaseError
 from ._fork import reset_after_fork
 from ._loader import LoadedConfig, load_config
@@ -94,6 +94,8 @@ class Registry:
         self._session_defaults: dict[str | None, dict[str, bool]] = {}
         self._dependencies: dict[tuple[bool, str | None, bool], Any] = {}
         # id(async engine) -> the event loop its latest connection was opened in (see _sessions.check_loop)
+        # id(async engine) -> the event loop of its latest new connection (see _sessions.remember_loops):
+        # sessions check it, and close() disposes the engine in it.
         self._loops: dict[int, asyncio.AbstractEventLoop] = {}
         reset_after_fork(self, drops_connections=True)
 
@@ -612,16 +614,20 @@ class Registry:
             self._closed = False
             self._router.reopen()
 
-    def _detach(self) -> tuple[list[tuple[str, Engine]], list[tuple[str, AsyncEngine]]]:
+    def _detach(
+        self,
+    ) -> tuple[list[tuple[str, Engine]], list[tuple[str, AsyncEngine]], dict[int, asyncio.AbstractEventLoop]]:
+        """Close the registry and hand over its engines, and the event loop of each async one's connections."""
         with self._lock:
             self._closed = True
-            engines = self._cache.detach()
-            self._loops = {}
-        return engines
+            sync, async_ = self._cache.detach()
+            loops, self._loops = self._loops, {}
+        return sync, async_, loops
 
     def close(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
-        """Dispose every engine built, sync and async, within ``timeout`` seconds in all; idempotent. The registry then refuses to build
-        engines (`RegistryClosedError`) until `reopen`.
+        """Dispose every engine built, sync and async, within ``timeout`` seconds in all; idempotent.
+
+        The registry then refuses to build engines (`RegistryClosedError`) until `reopen`.
 
         >>> registry.close(timeout=5)                        # doctest: +SKIP
 
@@ -639,19 +645,21 @@ class Registry:
             )
         deadline = time.monotonic() + timeout
         self._router.close(min(timeout, _routing.DEFAULT_PROBE_TIMEOUT))
-        sync, async_ = self._detach()
+        sync, async_, loops = self._detach()
         failures = _dispose_sync(sync)
         for name, engine in async_:
             try:
-                _dispose_async_from_sync(name, engine, max(0.0, deadline - time.monotonic()), timeout)
+                loop = loops.get(id(engine))
+                _dispose_async_from_sync(name, engine, loop, max(0.0, deadline - time.monotonic()), timeout)
             except Exception as e:
                 failures.append((f"{name} (async)", e))
         if failures:
             raise CloseError(failures)
 
     async def aclose(self, *, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
-        """Dispose every engine built, awaiting the async ones, within ``timeout`` seconds in all; idempotent. Closed until `reopen`,
-        as `close`.
+        """Dispose every engine built, awaiting the async ones, within ``timeout`` seconds in all; idempotent.
+
+        Closed until `reopen`, as `close`.
 
         >>> await registry.aclose(timeout=5)                 # doctest: +SKIP
 
@@ -660,7 +668,7 @@ class Registry:
         check_seconds(timeout, "timeout")
         deadline = time.monotonic() + timeout
         await self._router.aclose(min(timeout, _routing.DEFAULT_PROBE_TIMEOUT))
-        sync, async_ = self._detach()
+        sync, async_, _ = self._detach()
         failures = await _adispose(async_, max(0.0, deadline - time.monotonic()), timeout)
         failures += _dispose_sync(sync)
         if failures:
@@ -760,9 +768,10 @@ def _dispose_sync(engines: list[tuple[str, Engine]]) -> list[tuple[str, Exceptio
     return failures
 
 
-def _dispose_async_from_sync(name: str, engine: AsyncEngine, timeout: float, shown: float) -> None:
-    """Dispose an async engine from sync code, in the event loop its connections belong to."""
-    loop = loop_of(engine)
+def _dispose_async_from_sync(
+    name: str, engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None, timeout: float, shown: float
+) -> None:
+    """Dispose an async engine from sync code, in ``loop``, the event loop its connections belong to."""
     if loop is None or loop.is_closed():
         bound = engine.dialect.driver in _sessions.LOOP_BOUND_DRIVERS
         pooled = getattr(engine.sync_engine.pool, "checkedin", None)  # NullPool keeps none and has no such method

@@ -368,6 +368,10 @@ def _apply_password_files(merged: Merged, found: _Collector) -> set[tuple[str, s
             shown = secret_path.replace("\x00", "\\x00")
             found.add(path, f"password file {shown} {what}", origin)
             continue
+        if not password:
+            # Refused at load like a missing file: an empty password reaches the server as no password.
+            found.add(path, f"password file {secret_path} is empty; write the password into it", origin)
+            continue
         if origin.file is not None and secret_path != entry["password_file"]:
             merged.set(
                 ("databases", name, "password_file"), secret_path

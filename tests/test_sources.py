@@ -202,6 +202,19 @@ class TestSecretFiles:
         assert problem.path == "databases.a.password_file"
         assert problem.message == f"password file {tmp_path / 'none'} does not exist"
 
+    @pytest.mark.parametrize("content", ["", "\n", "\r\n"])
+    def test_empty_password_file_is_refused_at_load(self, tmp_path: Path, content: str) -> None:
+        secret = tmp_path / "pw"
+        secret.write_text(content, newline="")
+        with pytest.raises(ConfigError) as info:
+            Registry.from_dict(
+                {"databases": {"a": {"url": "postgresql://app@db/app", "password_file": str(secret)}}},
+                environ={},
+            )
+        (problem,) = info.value.problems
+        assert problem.path == "databases.a.password_file"
+        assert problem.message == f"password file {secret} is empty; write the password into it"
+
     def test_file_substitution_is_plain_text(self, tmp_path: Path) -> None:
         secret = tmp_path / "url"
         secret.write_text("sqlite:///from-file.db\n")

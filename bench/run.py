@@ -68,7 +68,7 @@ FIGURES: dict[int, Figure] = {
         Figure(1, "get()/get_async() on a built engine", "engines[name] on a dict", "<= 2x (net)", figure_1),
         Figure(2, "get() with 10,000 vs 10 declared databases", "10 declared", "<= 1.2x", figure_2),
         Figure(3, "from_yaml of 1,000 databases", "yaml.load(CSafeLoader)", "<= 1.5x", figure_3),
-        Figure(4, "import dbregistry", "import sqlalchemy, pydantic_settings, yaml", "<= 1.15x", figure_4),
+        Figure(4, "import dbregistry", "import sqlalchemy, pydantic_settings, yaml", "<= 1.1x", figure_4),
         Figure(5, "memory of 10,000 declared, unused databases", "(absolute)", "<= 40 MB", figure_5),
         Figure(6, "SELECT 1 throughput, PostgreSQL", "hand-built engine", ">= 0.97x", figure_6, needs_postgres=True),
         Figure(7, "QueuePool vs NullPool, PostgreSQL", "NullPool", "reported", figure_7, needs_postgres=True),
@@ -80,7 +80,7 @@ FIGURES: dict[int, Figure] = {
             figure_8,
             needs_postgres=True,
         ),
-        Figure(9, "cold process to first query, SQLite", "create_engine by hand", "<= 1.2x", figure_9),
+        Figure(9, "cold process to first query, SQLite", "create_engine by hand", "<= 1.25x", figure_9),
         Figure(
             10,
             "ahealth() over 20 databases, one hanging",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from servers import PostgresServer, ReplicaServer
 
@@ -51,3 +53,37 @@ def test_health_and_routing_read_the_same_lag_on_a_replica(pg: PostgresServer, p
         assert status.up
     finally:
         registry.close()
+
+
+def _lag(registry: Registry) -> float | None:
+    with registry.get("replica").connect() as conn:
+        lag = conn.exec_driver_sql(REPLICA_STATE_SQL).one()[1]
+    return None if lag is None else float(lag)
+
+
+def test_a_replica_cut_off_from_its_primary_keeps_aging() -> None:
+    # Its own pair: the replica's WAL receiver is stopped (primary_conninfo emptied), which is what a
+    # primary that is down or unreachable looks like from the replica. It has replayed all it
+    # received, but it no longer receives: "0 s behind" would keep it serving stale reads forever.
+    with PostgresServer() as primary, primary.start_replica() as replica:
+        primary.psql("CREATE TABLE marker (x int); INSERT INTO marker VALUES (1)")
+        replica.wait_for_replay()
+        registry = registry_of(primary, replica.url_string())  # connects as the unprivileged app role
+        try:
+            assert _lag(registry) == 0  # streaming and caught up on an idle primary
+            replica.psql("ALTER SYSTEM SET primary_conninfo = ''; SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 30
+            while replica.psql("SELECT count(*) FROM pg_stat_wal_receiver") != [("0",)]:
+                assert time.monotonic() < deadline, replica.log_tail()
+                time.sleep(0.05)
+            first = _lag(registry)
+            assert first is not None and first > 0
+            time.sleep(0.2)
+            second = _lag(registry)
+            assert second is not None and second > first
+            report = registry.health(timeout=10)["replica"]
+            assert report.replay_lag_s is not None and report.replay_lag_s > first
+            status = registry.check_replicas()["replica"]
+            assert status.lag_seconds is not None and status.lag_seconds > first
+        finally:
+            registry.close()

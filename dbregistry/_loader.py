@@ -168,7 +168,7 @@ def load_config(
     if config is not None:
         for name, url_field in own_passwords:
             # Connections read password_file again (dbregistry._credentials): not for a URL whose own password won.
-            config.databases[name]._password_file_skips.add(url_field)
+            config.databases[name]._skip_password_file(url_field)
     if document is not None:
         _validate_other_profiles(document, selected, variables, found, budget)
     if found.problems or config is None:

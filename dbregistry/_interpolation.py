@@ -203,9 +203,15 @@ def substitutions(value: str) -> list[tuple[str, str]]:
     return found
 
 
-def referenced_variables(data: Any) -> set[str]:
-    """The variables named by a ``${...}`` anywhere in ``data``'s strings."""
+def referenced_variables(data: Any, found: set[str] | None = None) -> set[str]:
+    """The variables named by a ``${...}`` anywhere in ``data``'s strings (added to ``found``)."""
+    found = set() if found is None else found
     if isinstance(data, str):
-        return {name for name, _ in substitutions(data)} if "$" in data else set()
-    values = data.values() if isinstance(data, dict) else data if isinstance(data, list) else ()
-    return set().union(*(referenced_variables(v) for v in values))
+        if "$" in data:
+            found.update(name for name, _ in substitutions(data))
+        return found
+    for value in data.values() if isinstance(data, dict) else data if isinstance(data, list) else ():
+        if isinstance(value, str) and "$" not in value:
+            continue  # most values: no call
+        referenced_variables(value, found)
+    return found

@@ -29,6 +29,8 @@ read from the server (`read_limits`).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -39,6 +41,7 @@ from ._pools import sqlalchemy_defaults
 from ._rules import effective_pool_class
 from ._secrets import describe_error, secrets_of
 from ._urls import dialect_of, is_sqlite, mask
+from ._waits import check_seconds
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -274,26 +277,50 @@ def plan(
 def read_limits(registry: EngineProvider, *, timeout: float = 5.0) -> dict[str, ServerLimit | str]:
     """``host:port`` to the limit each PostgreSQL server reports, or why it could not be read.
 
-    One connection per server, through the first database declared on it.
+    One connection per server, through the first database declared on it; the servers
+    are read at once, and a server that has not answered after ``timeout`` seconds
+    (connect and query) is reported as such, its thread left behind.
     """
+    check_seconds(timeout, "timeout")
     first: dict[str, str] = {}
     for name in registry.names:
         server = server_of(registry[name].url)
         if server is not None:
             first.setdefault(server, name)
     limits: dict[str, ServerLimit | str] = {}
+    threads: list[threading.Thread] = []
+    deadline = time.monotonic() + timeout
     for server, name in first.items():
-        db = registry[name]
-        if dialect_of(db.url) != "postgresql":
+        if dialect_of(registry[name].url) != "postgresql":
             limits[server] = f"--live reads PostgreSQL only; declare max_connections on {name}"
             continue
-        try:
-            engine = registry.get(name)
-            with bounded_connect(engine, timeout), engine.connect() as conn:
-                settings = {row[0]: int(row[1]) for row in conn.exec_driver_sql(_LIMITS_SQL)}
-        except Exception as e:
-            limits[server] = f"could not read the limits through {name}: {describe_error(e, secrets_of(db))}"
-            continue
-        reserved = settings.get("superuser_reserved_connections", 0) + settings.get("reserved_connections", 0)
-        limits[server] = ServerLimit(settings["max_connections"], reserved, f"live, through {name}")
-    return limits
+        # A daemon thread per server: one that froze after accepting the connection is not waited on.
+        thread = threading.Thread(
+            target=_read_limit,
+            args=(registry, server, name, timeout, limits),
+            name=f"dbregistry-budget-{name}",
+            daemon=True,
+        )
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return {
+        server: limits.get(server, f"could not read the limits through {name}: no answer within {timeout:g} s")
+        for server, name in first.items()
+    }
+
+
+def _read_limit(
+    registry: EngineProvider, server: str, name: str, timeout: float, limits: dict[str, ServerLimit | str]
+) -> None:
+    db = registry[name]
+    try:
+        engine = registry.get(name)
+        with bounded_connect(engine, timeout), engine.connect() as conn:
+            settings = {row[0]: int(row[1]) for row in conn.exec_driver_sql(_LIMITS_SQL)}
+    except Exception as e:
+        limits[server] = f"could not read the limits through {name}: {describe_error(e, secrets_of(db))}"
+        return
+    reserved = settings.get("superuser_reserved_connections", 0) + settings.get("reserved_connections", 0)
+    limits[server] = ServerLimit(settings["max_connections"], reserved, f"live, through {name}")

@@ -526,7 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--processes", type=_positive_int, required=True, metavar="N", help="processes of this service")
     budget.add_argument("--threads", type=_positive_int, default=1, metavar="T", help="threads per process (default 1)")
     budget.add_argument("--live", action="store_true", help="read max_connections from each PostgreSQL server")
-    budget.add_argument("--timeout", type=_seconds, default=5.0, metavar="S", help="connect timeout for --live")
+    budget.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="how long --live waits for each server (connect and query)",
+    )
     command("schema", cmd_schema, "print the JSON Schema of the configuration file")
     alembic = command("alembic", cmd_alembic, "Alembic for the declared databases: `alembic init DIR` writes env.py")
     alembic.add_argument("action", choices=["init"], help="init: write env.py, script.py.mako and alembic.ini")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import Any
 
 import pytest
-from servers import PostgresServer
+from servers import PostgresServer, frozen, within
 
 from dbregistry import Registry
 from dbregistry._budget import ServerLimit, plan, read_limits, server_of
@@ -164,3 +166,35 @@ def test_live_limits_from_postgres(pg: PostgresServer) -> None:
     assert budget.servers[1].limit is None
     assert budget.servers[1].limit_error == limits["127.0.0.1:9"]
     pg.wait_for_connections(0)
+
+
+@pytest.mark.postgres
+def test_live_limits_from_a_server_that_froze_after_accepting(pg: PostgresServer) -> None:
+    # Before: the query on the connection waited for the frozen backend forever.
+    registry = Registry.from_dict(
+        {
+            "databases": {
+                "primary": {"url": pg.url_string("postgresql+psycopg"), "pool_size": 1},
+                "other": {"url": pg.url_string(database="postgres"), "pool_class": "NullPool"},
+            }
+        },
+        environ={},
+    )
+    with registry.get("primary").connect() as conn:
+        pid = conn.exec_driver_sql("select pg_backend_pid()").scalar_one()  # pooled: read_limits reuses it
+    try:
+        with frozen(pid):
+            limits = within(30, lambda: read_limits(registry, timeout=1))
+        assert limits == {f"127.0.0.1:{pg.port}": "could not read the limits through primary: no answer within 1 s"}
+    finally:
+        # The reader left behind ends once the backend answers again; its connection goes back to the pool.
+        for thread in threading.enumerate():
+            if thread.name == "dbregistry-budget-primary":
+                thread.join(30)
+        registry.close(timeout=2)
+
+
+def test_live_timeout_is_checked() -> None:
+    registry = Registry.from_dict({"databases": {"a": {"url": "sqlite://"}}}, environ={})
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds, got inf"):
+        read_limits(registry, timeout=math.inf)

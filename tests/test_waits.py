@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
-from servers import PostgresServer, free_port, silent_server
+from servers import PostgresServer, free_port, frozen, silent_server, within
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,26 +18,6 @@ from dbregistry import CloseError, Registry
 from dbregistry._routing import DEFAULT_PROBE_TIMEOUT
 
 T = TypeVar("T")
-
-
-def within(seconds: float, func: Callable[[], T]) -> T:
-    """``func()`` in a daemon thread; fails (instead of hanging the suite) when it has not returned in time."""
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append(("ok", func()))
-        except BaseException as e:
-            outcome.append(("error", e))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert outcome, f"still waiting after {seconds} s"
-    kind, value = outcome[0]
-    if kind == "error":
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 def silent_replica(port: int, driver: str, **extra: Any) -> Registry:
@@ -131,16 +108,6 @@ class TestProbeTimeout:
         reason = asyncio.run(main())
         assert reason is not None
         assert reason.startswith("TimeoutError"), reason
-
-
-@contextlib.contextmanager
-def frozen(pid: int) -> Iterator[None]:
-    """The server process ``pid`` stopped (SIGSTOP): its socket stays open and nothing answers."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 async def pooled_backend(engine: AsyncEngine) -> int:

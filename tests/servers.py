@@ -597,6 +597,23 @@ class PostgresServer(_PostgresBase):
             self.close()
             raise
 
+    def enable_tls(self, cert_pem: str, key_pem: str) -> None:
+        """Serve TLS with this certificate and key from now on (``ssl`` is reloadable); plain TCP still works."""
+        _write(self.dir / "server.crt", cert_pem)
+        _write(self.dir / "server.key", key_pem)
+        self.psql(
+            f"ALTER SYSTEM SET ssl_cert_file = {sql_literal(str(self.dir / 'server.crt'))};\n"
+            f"ALTER SYSTEM SET ssl_key_file = {sql_literal(str(self.dir / 'server.key'))};\n"
+            "ALTER SYSTEM SET ssl = on;\n"
+            "SELECT pg_reload_conf();\n",
+            database="postgres",
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.psql("SHOW ssl", database="postgres") != [("on",)]:
+            if time.monotonic() > deadline:
+                raise ServerError(f"ssl is not on after the reload; log:\n{self.log_tail()}")
+            time.sleep(0.02)
+
     def scram_secret(self, role: str = USER) -> str:
         rows = self.psql(f"SELECT rolpassword FROM pg_authid WHERE rolname = {sql_literal(role)}")
         if not rows or not rows[0][0].startswith("SCRAM-SHA-256$"):

@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -418,6 +418,85 @@ class TestTls:
             f"honour ssl_min_protocol_version with sslmode={shown}, which lets the connection go unencrypted; "
             "set sslmode to require, verify-ca or verify-full"
         ]
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two CAs, and a server certificate for IP 127.0.0.1 (only) signed by the first."""
+    directory = tmp_path_factory.mktemp("pki")
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    for ca in ("ca", "other-ca"):
+        _openssl("req", "-x509", *ec, "-days", "2", "-subj", f"/CN=dbregistry test {ca}",
+                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                 "-keyout", str(directory / f"{ca}.key"), "-out", str(directory / f"{ca}.crt"))  # fmt: skip
+    _openssl("req", "-new", *ec, "-subj", "/CN=127.0.0.1",
+             "-keyout", str(directory / "server.key"), "-out", str(directory / "server.csr"))  # fmt: skip
+    (directory / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n",
+        encoding="utf-8",
+    )
+    _openssl("x509", "-req", "-in", str(directory / "server.csr"), "-CA", str(directory / "ca.crt"),
+             "-CAkey", str(directory / "ca.key"), "-CAcreateserial", "-days", "2",
+             "-extfile", str(directory / "server.ext"), "-out", str(directory / "server.crt"))  # fmt: skip
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tls_pg(pki: Path) -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        server.enable_tls(
+            (pki / "server.crt").read_text(encoding="utf-8"), (pki / "server.key").read_text(encoding="utf-8")
+        )
+        yield server
+
+
+SSL_IN_USE = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+def tls_url(server: PostgresServer, query: str, host: str = "127.0.0.1") -> str:
+    url = server.url().set(host=host).render_as_string(hide_password=False)
+    return f"{url}?{query}"
+
+
+def failed_in_both_modes(registry: Registry) -> list[str]:
+    errors = in_both_modes(registry, lambda conn: conn.execute(text("SELECT 1")))
+    assert len(errors) == 2, errors
+    return [str(e) for e in errors]
+
+
+@pytest.mark.postgres
+class TestAgainstATlsServer:
+    """The libpq words of one declaration give each driver the same TLS, on a server that serves it."""
+
+    def test_verify_full(self, tls_pg: PostgresServer, pki: Path) -> None:
+        registry = registry_of(tls_url(tls_pg, f"sslmode=verify-full&sslrootcert={pki / 'ca.crt'}"))
+        assert both_modes(registry, SSL_IN_USE) == (True, True)
+
+    def test_require_encrypts(self, tls_pg: PostgresServer) -> None:
+        assert both_modes(registry_of(tls_url(tls_pg, "sslmode=require")), SSL_IN_USE) == (True, True)
+
+    def test_disable_stays_plain(self, tls_pg: PostgresServer) -> None:
+        assert both_modes(registry_of(tls_url(tls_pg, "sslmode=disable")), SSL_IN_USE) == (False, False)
+
+    def test_a_certificate_of_another_ca_is_refused(self, tls_pg: PostgresServer, pki: Path) -> None:
+        registry = registry_of(tls_url(tls_pg, f"sslmode=verify-ca&sslrootcert={pki / 'other-ca.crt'}"))
+        for error in failed_in_both_modes(registry):
+            assert "certificate verify failed" in error.lower(), error
+
+    def test_verify_full_refuses_a_host_the_certificate_does_not_name(self, tls_pg: PostgresServer, pki: Path) -> None:
+        registry = registry_of(tls_url(tls_pg, f"sslmode=verify-full&sslrootcert={pki / 'ca.crt'}", host="localhost"))
+        sync_error, async_error = failed_in_both_modes(registry)
+        assert 'does not match host name "localhost"' in sync_error, sync_error
+        assert "Hostname mismatch, certificate is not valid for 'localhost'" in async_error, async_error
+
+    def test_verify_ca_checks_the_chain_not_the_host(self, tls_pg: PostgresServer, pki: Path) -> None:
+        registry = registry_of(tls_url(tls_pg, f"sslmode=verify-ca&sslrootcert={pki / 'ca.crt'}", host="localhost"))
+        assert both_modes(registry, SSL_IN_USE) == (True, True)
 
 
 # -- refusals, exact text -----------------------------------------------------------------

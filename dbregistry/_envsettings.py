@@ -10,6 +10,7 @@ turns what it reads into a layer.
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -22,10 +23,29 @@ from ._secrets import utf8_text
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings, EnvSettingsSource
 
-__all__ = ["ENV_PREFIX", "NESTING", "read_env_file", "read_prefixed"]
+__all__ = ["ENV_PREFIX", "NESTING", "NotJson", "read_env_file", "read_prefixed"]
 
 ENV_PREFIX = "DBREGISTRY_"
 NESTING = "__"  # DBREGISTRY_DATABASES__REPLICA__POOL_SIZE
+
+
+class NotJson(str):
+    """A variable's text where JSON was expected (a mapping), and why it is not JSON.
+
+    The reason names a position, never a part of the text: the value may hold a password.
+    """
+
+    reason: str
+
+    def __new__(cls, text: str, error: ValueError) -> NotJson:
+        self = super().__new__(cls, text)
+        if isinstance(error, json.JSONDecodeError):
+            self.reason = f"{error.msg}: line {error.lineno} column {error.colno}"
+        elif "integer string conversion" in str(error):
+            self.reason = "a number has more digits than Python converts (4300)"
+        else:
+            self.reason = type(error).__name__
+        return self
 
 
 @cache
@@ -64,8 +84,8 @@ def _mapping_env_source() -> Callable[[Mapping[str, str]], EnvSettingsSource]:
             # it against its variable instead of pydantic-settings failing the lot.
             try:
                 return super().decode_complex_value(field_name, field, value)
-            except ValueError:
-                return value
+            except ValueError as e:
+                return NotJson(value, e) if isinstance(value, str) else value
 
     return _MappingEnvSource
 

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import URL
 
-from ._envsettings import ENV_PREFIX, NESTING, read_env_file
+from ._envsettings import ENV_PREFIX, NESTING, NotJson, read_env_file
 from ._errors import ConfigError, Problem, closest, redact, unknown_name_message
 from ._files import FileReadError, read_secret_file
 from ._interpolation import Budget, interpolate_tree, referenced_variables, substitutions
@@ -38,6 +38,7 @@ from ._sources import (
     collect_layers,
     default_database,
     document_origin,
+    env_var_for,
     merge,
     profile_layer,
     url_variable,
@@ -451,7 +452,9 @@ def _validate(
         found.add(("databases",), f"no database is declared; {how}", origin(("databases",)))
         return None
     if not isinstance(raw, dict):
-        found.add(("databases",), "must be a mapping of database name to settings", origin(("databases",)))
+        expected = "a mapping of database name to settings"
+        message = _json_problem(raw, expected) if isinstance(raw, NotJson) else f"must be {expected}"
+        found.add(("databases",), message, origin(("databases",)))
         return None
     if not raw:
         found.add(("databases",), "declares no database", origin(("databases",)))
@@ -461,8 +464,7 @@ def _validate(
         path: PathKey = ("databases", name)
         _check_name(name, seen, found, origin(path))
         if not isinstance(entry, dict):
-            kind = "nothing" if entry is None else type(entry).__name__
-            found.add(path, f"must be a mapping of settings (url, pool_size, ...), got {kind}", origin(path))
+            found.add(path, _not_a_database(entry, path), origin(path))
             continue
         # pydantic's lax mode reads true as 1: a flag written where a number belongs is a mistake.
         flags = [key for key in _NUMBER_FIELDS if isinstance(entry.get(key), bool)]
@@ -636,8 +638,23 @@ def _describe_union(errors: list[ErrorDetails]) -> str:
     return f"must be {' or '.join(dict.fromkeys(expected))}{got}"
 
 
+def _not_a_database(entry: Any, path: PathKey) -> str:
+    """What is wrong with a database's entry that is not a mapping."""
+    expected = "a mapping of settings (url, pool_size, ...)"
+    if isinstance(entry, NotJson):
+        return _json_problem(entry, expected, f", or set {env_var_for((*path, 'url'))} for the url alone")
+    return f"must be {expected}, got {'nothing' if entry is None else type(entry).__name__}"
+
+
+def _json_problem(value: NotJson, expected: str, hint: str = "") -> str:
+    """Why a variable's text, meant as JSON, is not JSON (the position, never the text)."""
+    return f"is not JSON ({value.reason}); {expected} is written in JSON here{hint}"
+
+
 def describe(error: ErrorDetails) -> str:
     """A pydantic error as a sentence; input is only shown for fields that cannot hold secrets."""
+    if isinstance(not_json := error.get("input"), NotJson):
+        return _json_problem(not_json, "a mapping")
     kind = error["type"]
     loc = [str(p) for p in error["loc"]]
     field_name = loc[0] if loc else ""

@@ -68,7 +68,31 @@ class TestPrefixedVariables:
             Registry.from_yaml(base_file, environ={"DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS": "{not json"})
         (problem,) = info.value.problems
         assert problem.source == "DBREGISTRY_DATABASES__PRIMARY__CONNECT_ARGS"
-        assert problem.message == "must be a mapping"
+        assert problem.message == (
+            "is not JSON (Expecting property name enclosed in double quotes: line 1 column 2); "
+            "a mapping is written in JSON here"
+        )
+
+    @pytest.mark.parametrize(
+        ("text", "reason"),
+        [
+            ('{"primary": {"url": "postgresql://app:Zq8-pw@db/app"', "Expecting ',' delimiter: line 1 column 53"),
+            ("postgresql://app:Zq8-pw@db/app", "Expecting value: line 1 column 1"),
+            (
+                '{"a": {"url": "sqlite://", "pool_size": ' + "9" * 5000 + "}}",
+                "a number has more digits than Python converts (4300)",
+            ),
+        ],
+    )
+    def test_databases_that_are_not_json_say_why_and_show_nothing(self, text: str, reason: str) -> None:
+        # Before: "must be a mapping of database name to settings", whatever was wrong.
+        with pytest.raises(ConfigError) as info:
+            Registry.from_dict({}, environ={"DBREGISTRY_DATABASES": text})
+        assert str(info.value) == (
+            "1 problem in from_dict\n"
+            f"  DBREGISTRY_DATABASES  databases: is not JSON ({reason}); "
+            "a mapping of database name to settings is written in JSON here"
+        )
 
     def test_default_from_the_environment(self, base_file: Path) -> None:
         registry = Registry.from_yaml(base_file, environ={"DBREGISTRY_DEFAULT": "replica"})

@@ -29,9 +29,8 @@ read from the server (`read_limits`).
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -41,7 +40,7 @@ from ._pools import sqlalchemy_defaults
 from ._rules import effective_pool_class
 from ._secrets import describe_error, secrets_of
 from ._urls import dialect_of, is_sqlite, mask
-from ._waits import check_seconds
+from ._waits import check_seconds, run_all_within
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -288,23 +287,13 @@ def read_limits(registry: EngineProvider, *, timeout: float = 5.0) -> dict[str, 
         if server is not None:
             first.setdefault(server, name)
     limits: dict[str, ServerLimit | str] = {}
-    threads: list[threading.Thread] = []
-    deadline = time.monotonic() + timeout
+    reads: dict[str, Callable[[], None]] = {}
     for server, name in first.items():
         if dialect_of(registry[name].url) != "postgresql":
             limits[server] = f"--live reads PostgreSQL only; declare max_connections on {name}"
-            continue
-        # A daemon thread per server: one that froze after accepting the connection is not waited on.
-        thread = threading.Thread(
-            target=_read_limit,
-            args=(registry, server, name, timeout, limits),
-            name=f"dbregistry-budget-{name}",
-            daemon=True,
-        )
-        thread.start()
-        threads.append(thread)
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        else:
+            reads[name] = functools.partial(_read_limit, registry, server, name, timeout, limits)
+    run_all_within(reads, timeout, "budget")
     return {
         server: limits.get(server, f"could not read the limits through {name}: no answer within {timeout:g} s")
         for server, name in first.items()

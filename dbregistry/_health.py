@@ -19,7 +19,7 @@ password: they go through `dbregistry._secrets.describe_error` (URLs and
 from __future__ import annotations
 
 import asyncio
-import threading
+import functools
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -35,7 +35,7 @@ from ._errors import RegistryClosedError
 from ._failover import answered_by
 from ._replication import REPLICA_STATE_SQL
 from ._secrets import describe_error, secrets_of
-from ._waits import check_seconds
+from ._waits import check_seconds, run_all_within
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -319,20 +319,11 @@ def check_health(
         except Exception as e:
             results[name] = _failed(e, secrets_of(registry[name]), None)
     # Building engines does no I/O; the timeout starts with the pings.
-    deadline = time.monotonic() + timeout
-    threads: list[threading.Thread] = []
-    for name, engine in engines.items():
-        # A daemon thread per ping: one that hangs is left behind, never waited on past the timeout.
-        thread = threading.Thread(
-            target=_run_ping,
-            args=(engine, registry[name], timeout, results, name),
-            name=f"dbregistry-health-{name}",
-            daemon=True,
-        )
-        thread.start()
-        threads.append(thread)
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+    pings = {
+        name: functools.partial(_run_ping, engine, registry[name], timeout, results, name)
+        for name, engine in engines.items()
+    }
+    run_all_within(pings, timeout, "health")
     reports: dict[str, HealthReport] = {}
     for name in chosen:
         report = results.get(name)

@@ -6,7 +6,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dbregistry import CloseError, Registry
 from dbregistry._routing import DEFAULT_PROBE_TIMEOUT
+from dbregistry._waits import run_all_within
 
 T = TypeVar("T")
 
@@ -179,3 +180,17 @@ class TestClose:
         with pytest.raises(ValueError, match="timeout must be a finite number of seconds, got inf"):
             registry.close(timeout=math.inf)
         registry.close()
+
+
+def test_run_all_within_leaves_a_call_that_does_not_end_behind() -> None:
+    release = threading.Event()
+    done: list[str] = []
+    calls: dict[str, Callable[[], object]] = {"quick": lambda: done.append("quick"), "stuck": release.wait}
+    within(30, lambda: run_all_within(calls, 0.2, "test"))
+    try:
+        assert done == ["quick"]
+        (stuck,) = [t for t in threading.enumerate() if t.name == "dbregistry-test-stuck"]
+        assert stuck.daemon
+        assert stuck.is_alive()
+    finally:
+        release.set()

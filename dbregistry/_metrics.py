@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUCKETS",
+    "DESCRIPTIONS",
     "HealthMeter",
     "Histogram",
     "PoolFigures",
@@ -70,6 +71,26 @@ Recorder = Callable[[str, float], None]
 """``recorder(kind, seconds)`` with kind ``"create_time"``, ``"wait_time"`` or ``"use_time"``."""
 
 KINDS: Final = ("create_time", "wait_time", "use_time")
+
+# What each instrument measures, one text for both exporters (the semantic conventions' own for theirs).
+DESCRIPTIONS: Final = {
+    "count": "The number of connections that are currently in state described by the state attribute.",
+    "max": "The maximum number of open connections allowed.",
+    "idle_max": "The maximum number of idle open connections allowed.",
+    "idle_min": "The minimum number of idle open connections allowed.",
+    "pending": "The number of current pending requests for an open connection.",
+    "timeouts": "The number of connection timeouts that have occurred trying to obtain a connection from the pool.",
+    "create_time": "The time it took to create a new connection.",
+    "wait_time": "The time it took to obtain an open connection from the pool.",
+    "use_time": "The time between borrowing a connection and returning it to the pool.",
+    "replica_up": "1 while reads may go to the replica, 0 while routing skips it (down, or lagging too far).",
+    "replica_lag": "The replica's replay lag at its last lag check (replicas declaring replica_max_lag_seconds).",
+    "fallbacks": "reader() calls of a database with replicas that got the database itself, no replica being healthy.",
+    "read_your_writes_fallbacks": (
+        "Reads of a database with read_your_writes sent to it because no replica had replayed the context's writes."
+    ),
+    "health_latency": "Time to check out a connection and run a health check ping.",
+}
 
 
 class Histogram:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from . import __version__
-from ._metrics import BUCKETS, KINDS, PoolMeter, Recorder, RegistryMeters, meters_of
+from ._metrics import BUCKETS, DESCRIPTIONS, KINDS, PoolMeter, Recorder, RegistryMeters, meters_of
 
 try:
     from opentelemetry import metrics
@@ -40,11 +40,6 @@ MODE: Final = "dbregistry.mode"
 DIRECT: Final = "dbregistry.direct"
 PRIMARY: Final = "dbregistry.primary"
 
-_DESCRIPTIONS: Final = {
-    "create_time": "The time it took to create a new connection.",
-    "wait_time": "The time it took to obtain an open connection from the pool.",
-    "use_time": "The time between borrowing a connection and returning it to the pool.",
-}
 
 _DONE: weakref.WeakKeyDictionary[Registry, list[MeterProvider]] = weakref.WeakKeyDictionary()
 _DONE_LOCK = threading.Lock()
@@ -80,64 +75,59 @@ class _Instruments:
         self._registry = weakref.ref(registry)
         self._meters = meters
         histograms = {
-            kind: _histogram(meter, f"db.client.connection.{kind}", "s", _DESCRIPTIONS[kind]) for kind in KINDS
+            kind: _histogram(meter, f"db.client.connection.{kind}", "s", DESCRIPTIONS[kind]) for kind in KINDS
         }
         meter.create_observable_up_down_counter(
             "db.client.connection.count",
             [self._count],
             unit="{connection}",
-            description="The number of connections that are currently in state described by the state attribute.",
+            description=DESCRIPTIONS["count"],
         )
-        for suffix, description in (
-            ("max", "The maximum number of open connections allowed."),
-            ("idle.max", "The maximum number of idle open connections allowed."),
-            ("idle.min", "The minimum number of idle open connections allowed."),
-        ):
+        for suffix in ("max", "idle.max", "idle.min"):
+            field = suffix.replace(".", "_")
             meter.create_observable_up_down_counter(
                 f"db.client.connection.{suffix}",
-                [self._figure(suffix.replace(".", "_"))],
+                [self._figure(field)],
                 unit="{connection}",
-                description=description,
+                description=DESCRIPTIONS[field],
             )
         meter.create_observable_up_down_counter(
             "db.client.connection.pending_requests",
             [self._figure("pending")],
             unit="{request}",
-            description="The number of current pending requests for an open connection.",
+            description=DESCRIPTIONS["pending"],
         )
         meter.create_observable_counter(
             "db.client.connection.timeouts",
             [self._figure("timeouts")],
             unit="{timeout}",
-            description="The number of connection timeouts that have occurred trying to obtain a connection from the pool.",
+            description=DESCRIPTIONS["timeouts"],
         )
         meter.create_observable_up_down_counter(
             "dbregistry.replica.up",
             [self._replica_up],
             unit="{replica}",
-            description="1 while reads may go to the replica, 0 while routing skips it (down, or lagging too far).",
+            description=DESCRIPTIONS["replica_up"],
         )
         meter.create_observable_gauge(
             "dbregistry.replica.lag",
             [self._replica_lag],
             unit="s",
-            description="The replica's replay lag at its last lag check (replicas declaring replica_max_lag_seconds).",
+            description=DESCRIPTIONS["replica_lag"],
         )
         meter.create_observable_counter(
             "dbregistry.routing.fallbacks",
             [self._fallbacks],
             unit="{read}",
-            description="reader() calls of a database with replicas that got the database itself, no replica being healthy.",
+            description=DESCRIPTIONS["fallbacks"],
         )
         meter.create_observable_counter(
             "dbregistry.routing.read_your_writes_fallbacks",
             [self._read_your_writes_fallbacks],
             unit="{read}",
-            description="Reads of a database with read_your_writes sent to it: no replica had replayed the writes.",
+            description=DESCRIPTIONS["read_your_writes_fallbacks"],
         )
-        health = _histogram(
-            meter, "dbregistry.health.latency", "s", "Time to check out a connection and run a health check ping."
-        )
+        health = _histogram(meter, "dbregistry.health.latency", "s", DESCRIPTIONS["health_latency"])
         meters.health.add_recorder(lambda name, mode, seconds: health.record(seconds, {POOL_NAME: name, MODE: mode}))
         meters.add_pool_listener(lambda pool: pool.add_recorder(_recorder(histograms, pool)))
 

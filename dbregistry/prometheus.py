@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final
 
-from ._metrics import KINDS, Histogram, PoolMeter, meters_of
+from ._metrics import DESCRIPTIONS, KINDS, Histogram, PoolMeter, meters_of
 
 try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -42,12 +42,6 @@ __all__ = ["RegistryCollector"]
 
 _POOL_LABELS: Final = ("pool_name", "mode", "direct")
 _REPLICA_LABELS: Final = ("pool_name", "primary")
-
-_HELP: Final = {
-    "create_time": "The time it took to create a new connection.",
-    "wait_time": "The time it took to obtain an open connection from the pool.",
-    "use_time": "The time between borrowing a connection and returning it to the pool.",
-}
 
 
 class RegistryCollector(Collector):
@@ -74,21 +68,20 @@ class RegistryCollector(Collector):
         families = _families(
             self._meters.pools(), registry.replica_status(), registry.read_fallbacks(), self._meters.health.snapshot()
         )
-        return itertools.chain(families, [_read_your_writes(registry.read_your_writes_fallbacks())])
+        return itertools.chain(
+            families, [_per_database("read_your_writes_fallbacks", registry.read_your_writes_fallbacks())]
+        )
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples: registering a second collector into one `CollectorRegistry` fails."""
-        return itertools.chain(_families([], {}, {}, {}), [_read_your_writes({})])
+        return itertools.chain(_families([], {}, {}, {}), [_per_database("read_your_writes_fallbacks", {})])
 
 
-def _read_your_writes(counts: Mapping[str, int]) -> Metric:
-    family = CounterMetricFamily(
-        "dbregistry_routing_read_your_writes_fallbacks",
-        "Reads of a database with read_your_writes sent to it because no replica had replayed the context's writes.",
-        labels=["pool_name"],
-    )
-    for name, count in counts.items():
-        family.add_metric([name], count)
+def _per_database(name: str, counts: Mapping[str, int]) -> Metric:
+    """The counter ``dbregistry_routing_<name>`` with one sample per database."""
+    family = CounterMetricFamily(f"dbregistry_routing_{name}", DESCRIPTIONS[name], labels=["pool_name"])
+    for database, count in counts.items():
+        family.add_metric([database], count)
     return family
 
 
@@ -101,28 +94,22 @@ def _families(
     yield from _pool_metrics(pools)
     up = GaugeMetricFamily(
         "dbregistry_replica_up",
-        "1 while reads may go to the replica, 0 while routing skips it (down, or lagging too far).",
+        DESCRIPTIONS["replica_up"],
         labels=_REPLICA_LABELS,
     )
     lag = GaugeMetricFamily(
         "dbregistry_replica_lag_seconds",
-        "The replica's replay lag at its last lag check (replicas declaring replica_max_lag_seconds).",
+        DESCRIPTIONS["replica_lag"],
         labels=_REPLICA_LABELS,
     )
     for name, status in statuses.items():
         up.add_metric([name, status.primary], int(status.up))
         if status.lag_seconds is not None:
             lag.add_metric([name, status.primary], status.lag_seconds)
-    fell_back = CounterMetricFamily(
-        "dbregistry_routing_fallbacks",
-        "reader() calls of a database with replicas that got the database itself, no replica being healthy.",
-        labels=["pool_name"],
-    )
-    for name, count in fallbacks.items():
-        fell_back.add_metric([name], count)
+    fell_back = _per_database("fallbacks", fallbacks)
     health = HistogramMetricFamily(
         "dbregistry_health_latency_seconds",
-        "Time to check out a connection and run a health check ping.",
+        DESCRIPTIONS["health_latency"],
         labels=["pool_name", "mode"],
     )
     for (name, mode), histogram in health_latency.items():
@@ -142,32 +129,26 @@ def _labels(pool: PoolMeter) -> list[str]:
 def _pool_metrics(pools: Iterable[PoolMeter]) -> Iterator[Metric]:
     count = GaugeMetricFamily(
         "db_client_connection_count",
-        "The number of connections that are currently in state described by the state attribute.",
+        DESCRIPTIONS["count"],
         labels=["pool_name", "state", "mode", "direct"],
     )
     gauges = {
-        "max": GaugeMetricFamily(
-            "db_client_connection_max", "The maximum number of open connections allowed.", labels=_POOL_LABELS
-        ),
-        "idle_max": GaugeMetricFamily(
-            "db_client_connection_idle_max", "The maximum number of idle open connections allowed.", labels=_POOL_LABELS
-        ),
-        "idle_min": GaugeMetricFamily(
-            "db_client_connection_idle_min", "The minimum number of idle open connections allowed.", labels=_POOL_LABELS
-        ),
+        "max": GaugeMetricFamily("db_client_connection_max", DESCRIPTIONS["max"], labels=_POOL_LABELS),
+        "idle_max": GaugeMetricFamily("db_client_connection_idle_max", DESCRIPTIONS["idle_max"], labels=_POOL_LABELS),
+        "idle_min": GaugeMetricFamily("db_client_connection_idle_min", DESCRIPTIONS["idle_min"], labels=_POOL_LABELS),
         "pending": GaugeMetricFamily(
             "db_client_connection_pending_requests",
-            "The number of current pending requests for an open connection.",
+            DESCRIPTIONS["pending"],
             labels=_POOL_LABELS,
         ),
     }
     timeouts = CounterMetricFamily(
         "db_client_connection_timeouts",
-        "The number of connection timeouts that have occurred trying to obtain a connection from the pool.",
+        DESCRIPTIONS["timeouts"],
         labels=_POOL_LABELS,
     )
     histograms = {
-        kind: HistogramMetricFamily(f"db_client_connection_{kind}_seconds", _HELP[kind], labels=_POOL_LABELS)
+        kind: HistogramMetricFamily(f"db_client_connection_{kind}_seconds", DESCRIPTIONS[kind], labels=_POOL_LABELS)
         for kind in KINDS
     }
     for pool in pools:
